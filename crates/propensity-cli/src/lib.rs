@@ -1,0 +1,215 @@
+//! The `propensity` command line. Thin: it parses arguments, reads files and prints what
+//! the library crates return. [`run`] is the whole program minus logging set-up, so tests
+//! drive it in process.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use propensity_config::Diagnostic;
+use propensity_core::{Domain, Goal, Job};
+use serde_json::json;
+
+/// Customer AI you run yourself: calibrated conversion and churn propensities with reasons,
+/// described as TOML jobs.
+#[derive(Debug, Parser)]
+#[command(name = "propensity", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Log line format on stderr (filter with RUST_LOG, e.g. `RUST_LOG=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// For people: one block per problem, `file:line:col`, key and hint.
+    Text,
+    /// For machines: one JSON document with every finding.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check job files: every problem in each file, with file:line:col, key and hint.
+    ///
+    /// Exit status: 0 when every file is valid, 2 when any is not.
+    Validate {
+        /// Job files, or directories whose `*.toml` files are checked (not recursively).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Print the JSON Schema of job files (version 1), for editors and other tools.
+    ///
+    /// With Taplo / Even Better TOML, start a job file with
+    /// `#:schema ./job.schema.json` to get completion and checks while typing.
+    Schema {
+        /// Write the schema to this file instead of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Parses `args` (the first item is the program name) and runs the command.
+/// Returns the process exit code.
+pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    match Cli::try_parse_from(args) {
+        Ok(cli) => execute(cli, out, err),
+        Err(e) => {
+            let code = if e.use_stderr() { Domain::User.exit_code() } else { 0 };
+            let text = e.render().ansi().to_string();
+            let plain = if e.use_stderr() { e.render().to_string() } else { text };
+            let _ = if e.use_stderr() { write!(err, "{plain}") } else { write!(out, "{plain}") };
+            code
+        }
+    }
+}
+
+/// Runs an already parsed command line.
+pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    let result = match cli.command {
+        Command::Validate { paths, format } => validate(&paths, format, out, err),
+        Command::Schema { output } => schema(output.as_deref(), out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = writeln!(err, "error: {:#}", e.error);
+            e.domain.exit_code()
+        }
+    }
+}
+
+#[derive(Debug)]
+struct CliError {
+    domain: Domain,
+    error: anyhow::Error,
+}
+
+fn user(error: anyhow::Error) -> CliError {
+    CliError { domain: Domain::User, error }
+}
+
+fn io_error(error: anyhow::Error) -> CliError {
+    CliError { domain: Domain::External, error }
+}
+
+/// The files named by `paths`: files as given, directories' `*.toml` files sorted by name.
+fn job_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
+    let mut files = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| user(anyhow::anyhow!("cannot read `{}`: {e}", p.display())))?;
+        if meta.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(p)
+                .map_err(|e| user(anyhow::anyhow!("cannot list `{}`: {e}", p.display())))?
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "toml"))
+                .collect();
+            if found.is_empty() {
+                return Err(user(anyhow::anyhow!("no `*.toml` job files in directory `{}`", p.display())));
+            }
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn summary(job: &Job) -> String {
+    let goal = match &job.goal {
+        Goal::Conditions(g) => format!("{} within {}", g.outcome, g.window),
+        Goal::Plugin(g) => format!("plugin `{}` within {}", g.plugin, g.window),
+    };
+    let sinks: Vec<String> = job.sinks.iter().map(|s| format!("{} ({})", s.name, s.kind.type_name())).collect();
+    format!("job `{}`: {goal}; {} segment(s); sinks: {}", job.name, job.segments.len(), sinks.join(", "))
+}
+
+fn validate(paths: &[PathBuf], format: OutputFormat, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
+    let files = job_files(paths)?;
+    let mut reports = Vec::new();
+    let mut invalid = 0usize;
+    for file in &files {
+        let shown = file.display().to_string();
+        let _span = tracing::info_span!("validate", file = %shown).entered();
+        let result = match std::fs::read_to_string(file) {
+            Ok(text) => propensity_config::load_str(&text, &shown),
+            Err(e) => Err(vec![Diagnostic {
+                file: shown.clone(),
+                line: 1,
+                column: 1,
+                key: "(top level)".into(),
+                code: "unreadable",
+                message: format!("cannot read the file: {e}"),
+                hint: (e.kind() == std::io::ErrorKind::InvalidData).then(|| "job files must be UTF-8 text".to_owned()),
+            }]),
+        };
+        match &result {
+            Ok(job) => tracing::debug!(job = %job.name, "valid"),
+            Err(d) => {
+                invalid += 1;
+                tracing::debug!(problems = d.len(), "invalid");
+            }
+        }
+        reports.push((file, result));
+    }
+    let w = |r: std::io::Result<()>| r.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")));
+    match format {
+        OutputFormat::Text => {
+            for (file, result) in &reports {
+                match result {
+                    Ok(job) => w(writeln!(out, "ok: {} ({})", file.display(), summary(job)))?,
+                    Err(diags) => {
+                        for d in diags {
+                            w(writeln!(err, "{d}"))?;
+                        }
+                        w(writeln!(err, "invalid: {} ({} problem{})", file.display(), diags.len(), if diags.len() == 1 { "" } else { "s" }))?;
+                    }
+                }
+            }
+            let line = format!("{} job file(s) checked: {} valid, {invalid} invalid", files.len(), files.len() - invalid);
+            if invalid > 0 { w(writeln!(err, "{line}"))? } else { w(writeln!(out, "{line}"))? }
+        }
+        OutputFormat::Json => {
+            let items: Vec<serde_json::Value> = reports
+                .iter()
+                .map(|(file, result)| match result {
+                    Ok(job) => json!({"file": file.display().to_string(), "valid": true, "job": job.name, "diagnostics": []}),
+                    Err(d) => json!({"file": file.display().to_string(), "valid": false, "diagnostics": d}),
+                })
+                .collect();
+            let doc = json!({"files": items, "valid": files.len() - invalid, "invalid": invalid});
+            w(writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default()))?;
+        }
+    }
+    Ok(if invalid > 0 { Domain::User.exit_code() } else { 0 })
+}
+
+fn schema(output: Option<&Path>, out: &mut dyn Write) -> Result<i32, CliError> {
+    let text = serde_json::to_string_pretty(&propensity_config::schema()).map_err(|e| CliError { domain: Domain::Internal, error: e.into() })? + "\n";
+    match output {
+        Some(path) => {
+            // Write next to the target, then rename: a reader never sees half a schema.
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, &text)
+                .and_then(|()| std::fs::rename(&tmp, path))
+                .map_err(|e| io_error(anyhow::anyhow!("cannot write `{}`: {e}", path.display())))?;
+        }
+        None => out.write_all(text.as_bytes()).map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?,
+    }
+    Ok(0)
+}

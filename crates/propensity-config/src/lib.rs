@@ -1,0 +1,294 @@
+//! Job files for Propensity: TOML text → checked structure → typed [`RawJob`](raw::RawJob)
+//! sections → a validated [`Job`]. Every problem in a file is reported at once, each with
+//! `file:line:col`, the key path and a hint. This crate does no IO: callers read the file
+//! and environment variables are only referenced (`${NAME}`), never read.
+//!
+//! ```
+//! let text = r#"
+//! version = 1
+//! name = "repeat-buyers"
+//! [source.events]
+//! uri = "data/events/*.parquet"
+//! [goal]
+//! type = "conditions"
+//! outcome = "will_occur"
+//! window = "30d"
+//! conditions = [{ field = "event_type", op = "eq", value = "purchase" }]
+//! [[sinks]]
+//! type = "postgres"
+//! url = "postgres://app:${PG_PASSWORD}@localhost/scores"
+//! tabel = "scores"
+//! "#;
+//! let errors = propensity_config::load_str(text, "job.toml").unwrap_err();
+//! assert_eq!(errors[0].to_string(), "job.toml:14:1: error[unknown-key]: unknown key `tabel` in `sinks[0]` (postgres sink)\n  key:  sinks[0].tabel\n  hint: did you mean `table`?");
+//! ```
+
+pub mod diag;
+pub mod raw;
+mod structure;
+mod validate;
+
+use std::collections::HashMap;
+
+use propensity_core::{JOB_VERSION, Job, SinkSpec};
+use serde::de::DeserializeOwned;
+use toml::de::{DeTable, DeValue};
+
+pub use diag::{Diagnostic, KeyPath};
+use diag::{Finding, LineIndex, Seg, locate};
+use raw::*;
+
+/// The JSON Schema (draft 2020-12) of job files, generated from [`raw::RawJob`]. Editors use
+/// it for completion and checks (e.g. with a `#:schema` directive in Taplo/Even Better TOML).
+pub fn schema() -> serde_json::Value {
+    let mut s = serde_json::to_value(schemars::schema_for!(RawJob)).unwrap_or_default();
+    if let Some(o) = s.as_object_mut() {
+        o.insert("$id".into(), "https://propensity.dev/schema/job-v1.json".into());
+    }
+    s
+}
+
+/// Applies `f` to the table holding the last key of `path` (if it exists).
+fn edit_at(value: &mut toml::Value, path: &[Seg], f: &mut dyn FnMut(&mut toml::Table, &str)) {
+    match path {
+        [Seg::Key(k)] => {
+            if let Some(t) = value.as_table_mut() {
+                f(t, k);
+            }
+        }
+        [Seg::Index(i)] => {
+            if let Some(v) = value.as_array_mut().and_then(|a| a.get_mut(*i)) {
+                // An array element is replaced through a one-entry table around it.
+                let mut t = toml::Table::new();
+                t.insert("item".into(), std::mem::replace(v, toml::Value::Boolean(false)));
+                f(&mut t, "item");
+                if let Some(new) = t.remove("item") {
+                    *v = new;
+                }
+            }
+        }
+        [Seg::Key(k), rest @ ..] => {
+            if let Some(v) = value.as_table_mut().and_then(|t| t.get_mut(k)) {
+                edit_at(v, rest, f);
+            }
+        }
+        [Seg::Index(i), rest @ ..] => {
+            if let Some(v) = value.as_array_mut().and_then(|a| a.get_mut(*i)) {
+                edit_at(v, rest, f);
+            }
+        }
+        [] => {}
+    }
+}
+
+/// Parses and validates a job file's text. `file` is the name used in messages.
+pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
+    let lines = LineIndex::new(text);
+    let doc = match DeTable::parse(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            let message = e.message().lines().next().unwrap_or("invalid TOML").trim().to_owned();
+            let f = Finding { span, path: KeyPath::root(), code: "syntax", message: format!("invalid TOML: {message}"), hint: None };
+            return Err(locate(file, &lines, vec![f]));
+        }
+    };
+
+    // An unsupported version means the rest of the file follows other rules: say only that.
+    if let Some((_, v)) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "version") {
+        if let DeValue::Integer(i) = v.get_ref() {
+            if i.as_str() != JOB_VERSION.to_string() {
+                let f = Finding {
+                    span: v.span(),
+                    path: KeyPath::root().key("version"),
+                    code: "unsupported-version",
+                    message: format!("unsupported job file version {}; this build of Propensity reads version {JOB_VERSION}", i.as_str()),
+                    hint: Some(format!("write `version = {JOB_VERSION}` and follow the version-{JOB_VERSION} format, or use the Propensity release that reads this version")),
+                };
+                return Err(locate(file, &lines, vec![f]));
+            }
+        }
+    }
+
+    let schema = schema();
+    let mut checker = structure::Checker::new(&schema);
+    checker.check_document(&doc);
+    let mut findings = checker.findings;
+
+    let mut table: toml::Table = match toml::from_str(text) {
+        Ok(t) => t,
+        Err(e) => {
+            let f = Finding { span: e.span().unwrap_or(0..0), path: KeyPath::root(), code: "syntax", message: format!("invalid TOML: {}", e.message()), hint: None };
+            findings.push(f);
+            return Err(locate(file, &lines, findings));
+        }
+    };
+    let mut whole = toml::Value::Table(std::mem::take(&mut table));
+    for p in &checker.unknown {
+        edit_at(&mut whole, &p.0, &mut |t, k| {
+            t.remove(k);
+        });
+    }
+    for (p, v) in &checker.placeholders {
+        edit_at(&mut whole, &p.0, &mut |t, k| {
+            t.insert(k.to_owned(), v.clone());
+        });
+    }
+    if let toml::Value::Table(t) = whole {
+        table = t;
+    }
+
+    let loc = validate::Locator::new(&doc);
+    let poisoned: Vec<KeyPath> = checker.placeholders.iter().map(|(p, _)| p.clone()).collect();
+    let mut sem = validate::Sem::new(&loc, &lines, &poisoned);
+    let structural = findings.clone();
+    // Typed parse of one part; a failure not already explained structurally is reported here
+    // so that a file is never rejected without a message.
+    fn typed<T: DeserializeOwned>(value: Option<&toml::Value>, path: &KeyPath, structural: &[Finding], sem: &mut validate::Sem<'_, '_, '_>) -> Option<T> {
+        let v = value?.clone();
+        match v.try_into::<T>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                if !structural.iter().any(|f| f.path.starts_with(path) || path.starts_with(&f.path)) {
+                    sem.err(path, "invalid", e.message().to_owned(), None);
+                }
+                None
+            }
+        }
+    }
+
+    let root = KeyPath::root();
+    let name: Option<String> = typed(table.get("name"), &root.key("name"), &structural, &mut sem);
+    if let Some(n) = &name {
+        sem.name(n, &root.key("name"), "job");
+    }
+    let description: Option<String> = typed(table.get("description"), &root.key("description"), &structural, &mut sem);
+
+    let sources: Option<RawSources> = typed(table.get("source"), &root.key("source"), &structural, &mut sem);
+    let (events, profiles) = match &sources {
+        Some(s) => sem.sources(s, &root.key("source")),
+        None => (None, None),
+    };
+
+    let goal: Option<RawGoal> = typed(table.get("goal"), &root.key("goal"), &structural, &mut sem);
+    let goal = goal.and_then(|g| sem.goal(&g, &root.key("goal")));
+
+    macro_rules! optional {
+        ($key:literal, $ty:ty) => {{
+            let present = table.contains_key($key);
+            let v: Option<$ty> = typed(table.get($key), &root.key($key), &structural, &mut sem);
+            (present, v)
+        }};
+    }
+    let (_, elig) = optional!("eligibility", RawEligibility);
+    let eligibility = sem.eligibility(elig.as_ref(), &root.key("eligibility"));
+    let (_, feat) = optional!("features", RawFeatures);
+    let features = sem.features(feat.as_ref(), &root.key("features"));
+    let (_, model) = optional!("model", RawModel);
+    let model = sem.model(model.as_ref(), &root.key("model"));
+    let (_, out) = optional!("output", RawOutput);
+    let output = sem.output(out.as_ref(), &root.key("output"));
+    let (has_sched, sched) = optional!("schedule", RawSchedule);
+    let schedule = sched.as_ref().and_then(|s| sem.schedule(s, &root.key("schedule")));
+    let (has_engine, eng) = optional!("engine", RawEngine);
+    let engine = if has_engine && eng.is_none() { None } else { sem.engine(eng.as_ref(), &root.key("engine")) };
+
+    let mut segments_raw = Vec::new();
+    let mut segments_ok = true;
+    if let Some(v) = table.get("segments") {
+        if let Some(items) = v.as_array() {
+            for (i, item) in items.iter().enumerate() {
+                match typed::<RawSegment>(Some(item), &root.key("segments").index(i), &structural, &mut sem) {
+                    Some(s) => segments_raw.push((i, s)),
+                    None => segments_ok = false,
+                }
+            }
+        } else {
+            segments_ok = false;
+        }
+    }
+    let segments = sem.segments(&segments_raw, &root.key("segments"));
+
+    let mut sinks = Vec::new();
+    let mut sinks_ok = true;
+    let job_name = name.clone().unwrap_or_default();
+    match table.get("sinks").map(|v| v.as_array()) {
+        Some(Some(items)) => {
+            if items.is_empty() {
+                sem.err(&root.key("sinks"), "no-sinks", "the job has no sinks", Some("add at least one `[[sinks]]` table, e.g. `type = \"parquet\"` with a `uri`".to_owned()));
+            }
+            let mut explicit: HashMap<String, usize> = HashMap::new();
+            let mut counts: HashMap<&'static str, usize> = HashMap::new();
+            for (i, item) in items.iter().enumerate() {
+                let sp = root.key("sinks").index(i);
+                let Some(raw) = typed::<RawSink>(Some(item), &sp, &structural, &mut sem) else {
+                    sinks_ok = false;
+                    continue;
+                };
+                let Some((given, include_holdout, kind)) = sem.sink(&raw, &sp, &job_name) else {
+                    sinks_ok = false;
+                    continue;
+                };
+                let name = match given {
+                    Some(n) => {
+                        sem.name(&n, &sp.key("name"), "sink");
+                        if let Some(first) = explicit.get(&n) {
+                            let line = sem.line_of(&root.key("sinks").index(*first).key("name"));
+                            sem.err(&sp.key("name"), "duplicate", format!("duplicate sink name `{n}`"), Some(format!("the first `{n}` is on line {line}; sink names must be unique")));
+                        }
+                        explicit.insert(n.clone(), i);
+                        n
+                    }
+                    None => {
+                        let c = counts.entry(kind.type_name()).or_insert(0);
+                        *c += 1;
+                        if *c == 1 { kind.type_name().to_owned() } else { format!("{}-{c}", kind.type_name()) }
+                    }
+                };
+                sinks.push(SinkSpec { name, include_holdout, kind });
+            }
+            // A default name may collide with an explicit one.
+            let mut seen: HashMap<&str, usize> = HashMap::new();
+            for (i, s) in sinks.iter().enumerate() {
+                if let Some(_first) = seen.insert(s.name.as_str(), i) {
+                    if !explicit.contains_key(&s.name) {
+                        sem.err(&root.key("sinks"), "duplicate", format!("two sinks are named `{}`", s.name), Some("give each sink of the same type a distinct `name`".to_owned()));
+                    }
+                }
+            }
+        }
+        _ => sinks_ok = false,
+    }
+
+    findings.extend(sem.findings);
+    let version_ok = table.get("version").and_then(toml::Value::as_integer) == Some(i64::from(JOB_VERSION));
+    match (findings.is_empty(), version_ok, name, events, goal, engine, segments_ok, sinks_ok) {
+        (true, true, Some(name), Some(events), Some(goal), Some(engine), true, true)
+            if (!has_sched || schedule.is_some()) && (sources.is_some()) =>
+        {
+            Ok(Job {
+                version: JOB_VERSION,
+                name,
+                description,
+                events,
+                profiles,
+                goal,
+                eligibility,
+                features,
+                model,
+                output,
+                schedule,
+                segments,
+                sinks,
+                engine,
+            })
+        }
+        _ => {
+            if findings.is_empty() {
+                // Every path to a rejected part pushes a finding; this guards against a gap.
+                findings.push(Finding { span: 0..0, path: KeyPath::root(), code: "invalid", message: "the job file could not be read".into(), hint: Some("please report this as a bug with the file attached".into()) });
+            }
+            Err(locate(file, &lines, findings))
+        }
+    }
+}
