@@ -1,0 +1,3 @@
+//! Propensity's integration tests, one binary. Each module is one subject.
+
+mod job_files;

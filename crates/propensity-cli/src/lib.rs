@@ -64,15 +64,22 @@ pub enum Command {
 
 /// Parses `args` (the first item is the program name) and runs the command.
 /// Returns the process exit code.
-pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+pub fn run(
+    args: impl IntoIterator<Item = OsString>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> i32 {
     match Cli::try_parse_from(args) {
         Ok(cli) => execute(cli, out, err),
         Err(e) => {
-            let code = if e.use_stderr() { Domain::User.exit_code() } else { 0 };
-            let text = e.render().ansi().to_string();
-            let plain = if e.use_stderr() { e.render().to_string() } else { text };
-            let _ = if e.use_stderr() { write!(err, "{plain}") } else { write!(out, "{plain}") };
-            code
+            let text = e.render().to_string();
+            if e.use_stderr() {
+                let _ = write!(err, "{text}");
+                Domain::User.exit_code()
+            } else {
+                let _ = write!(out, "{text}");
+                0
+            }
         }
     }
 }
@@ -99,18 +106,25 @@ struct CliError {
 }
 
 fn user(error: anyhow::Error) -> CliError {
-    CliError { domain: Domain::User, error }
+    CliError {
+        domain: Domain::User,
+        error,
+    }
 }
 
 fn io_error(error: anyhow::Error) -> CliError {
-    CliError { domain: Domain::External, error }
+    CliError {
+        domain: Domain::External,
+        error,
+    }
 }
 
 /// The files named by `paths`: files as given, directories' `*.toml` files sorted by name.
 fn job_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
     let mut files = Vec::new();
     for p in paths {
-        let meta = std::fs::metadata(p).map_err(|e| user(anyhow::anyhow!("cannot read `{}`: {e}", p.display())))?;
+        let meta = std::fs::metadata(p)
+            .map_err(|e| user(anyhow::anyhow!("cannot read `{}`: {e}", p.display())))?;
         if meta.is_dir() {
             let mut found: Vec<PathBuf> = std::fs::read_dir(p)
                 .map_err(|e| user(anyhow::anyhow!("cannot list `{}`: {e}", p.display())))?
@@ -119,7 +133,10 @@ fn job_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, CliError> {
                 .filter(|f| f.is_file() && f.extension().is_some_and(|x| x == "toml"))
                 .collect();
             if found.is_empty() {
-                return Err(user(anyhow::anyhow!("no `*.toml` job files in directory `{}`", p.display())));
+                return Err(user(anyhow::anyhow!(
+                    "no `*.toml` job files in directory `{}`",
+                    p.display()
+                )));
             }
             found.sort();
             files.extend(found);
@@ -135,11 +152,25 @@ fn summary(job: &Job) -> String {
         Goal::Conditions(g) => format!("{} within {}", g.outcome, g.window),
         Goal::Plugin(g) => format!("plugin `{}` within {}", g.plugin, g.window),
     };
-    let sinks: Vec<String> = job.sinks.iter().map(|s| format!("{} ({})", s.name, s.kind.type_name())).collect();
-    format!("job `{}`: {goal}; {} segment(s); sinks: {}", job.name, job.segments.len(), sinks.join(", "))
+    let sinks: Vec<String> = job
+        .sinks
+        .iter()
+        .map(|s| format!("{} ({})", s.name, s.kind.type_name()))
+        .collect();
+    format!(
+        "job `{}`: {goal}; {} segment(s); sinks: {}",
+        job.name,
+        job.segments.len(),
+        sinks.join(", ")
+    )
 }
 
-fn validate(paths: &[PathBuf], format: OutputFormat, out: &mut dyn Write, err: &mut dyn Write) -> Result<i32, CliError> {
+fn validate(
+    paths: &[PathBuf],
+    format: OutputFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
     let files = job_files(paths)?;
     let mut reports = Vec::new();
     let mut invalid = 0usize;
@@ -155,7 +186,8 @@ fn validate(paths: &[PathBuf], format: OutputFormat, out: &mut dyn Write, err: &
                 key: "(top level)".into(),
                 code: "unreadable",
                 message: format!("cannot read the file: {e}"),
-                hint: (e.kind() == std::io::ErrorKind::InvalidData).then(|| "job files must be UTF-8 text".to_owned()),
+                hint: (e.kind() == std::io::ErrorKind::InvalidData)
+                    .then(|| "job files must be UTF-8 text".to_owned()),
             }]),
         };
         match &result {
@@ -167,7 +199,9 @@ fn validate(paths: &[PathBuf], format: OutputFormat, out: &mut dyn Write, err: &
         }
         reports.push((file, result));
     }
-    let w = |r: std::io::Result<()>| r.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")));
+    let w = |r: std::io::Result<()>| {
+        r.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))
+    };
     match format {
         OutputFormat::Text => {
             for (file, result) in &reports {
@@ -177,12 +211,26 @@ fn validate(paths: &[PathBuf], format: OutputFormat, out: &mut dyn Write, err: &
                         for d in diags {
                             w(writeln!(err, "{d}"))?;
                         }
-                        w(writeln!(err, "invalid: {} ({} problem{})", file.display(), diags.len(), if diags.len() == 1 { "" } else { "s" }))?;
+                        w(writeln!(
+                            err,
+                            "invalid: {} ({} problem{})",
+                            file.display(),
+                            diags.len(),
+                            if diags.len() == 1 { "" } else { "s" }
+                        ))?;
                     }
                 }
             }
-            let line = format!("{} job file(s) checked: {} valid, {invalid} invalid", files.len(), files.len() - invalid);
-            if invalid > 0 { w(writeln!(err, "{line}"))? } else { w(writeln!(out, "{line}"))? }
+            let line = format!(
+                "{} job file(s) checked: {} valid, {invalid} invalid",
+                files.len(),
+                files.len() - invalid
+            );
+            if invalid > 0 {
+                w(writeln!(err, "{line}"))?
+            } else {
+                w(writeln!(out, "{line}"))?
+            }
         }
         OutputFormat::Json => {
             let items: Vec<serde_json::Value> = reports
@@ -193,14 +241,26 @@ fn validate(paths: &[PathBuf], format: OutputFormat, out: &mut dyn Write, err: &
                 })
                 .collect();
             let doc = json!({"files": items, "valid": files.len() - invalid, "invalid": invalid});
-            w(writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default()))?;
+            w(writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            ))?;
         }
     }
-    Ok(if invalid > 0 { Domain::User.exit_code() } else { 0 })
+    Ok(if invalid > 0 {
+        Domain::User.exit_code()
+    } else {
+        0
+    })
 }
 
 fn schema(output: Option<&Path>, out: &mut dyn Write) -> Result<i32, CliError> {
-    let text = serde_json::to_string_pretty(&propensity_config::schema()).map_err(|e| CliError { domain: Domain::Internal, error: e.into() })? + "\n";
+    let text =
+        serde_json::to_string_pretty(&propensity_config::schema()).map_err(|e| CliError {
+            domain: Domain::Internal,
+            error: e.into(),
+        })? + "\n";
     match output {
         Some(path) => {
             // Write next to the target, then rename: a reader never sees half a schema.
@@ -209,7 +269,9 @@ fn schema(output: Option<&Path>, out: &mut dyn Write) -> Result<i32, CliError> {
                 .and_then(|()| std::fs::rename(&tmp, path))
                 .map_err(|e| io_error(anyhow::anyhow!("cannot write `{}`: {e}", path.display())))?;
         }
-        None => out.write_all(text.as_bytes()).map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?,
+        None => out
+            .write_all(text.as_bytes())
+            .map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?,
     }
     Ok(0)
 }

@@ -39,7 +39,9 @@ impl KeyPath {
 }
 
 fn is_bare_key(k: &str) -> bool {
-    !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 impl fmt::Display for KeyPath {
@@ -127,9 +129,15 @@ impl<'a> LineIndex<'a> {
 
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
-        let line = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
+        let line = self
+            .starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
         let start = self.starts[line];
-        let col = self.text.get(start..offset).map_or(offset - start, |s| s.chars().count());
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
         (line + 1, col + 1)
     }
 
@@ -138,8 +146,17 @@ impl<'a> LineIndex<'a> {
     }
 }
 
-pub(crate) fn locate(file: &str, index: &LineIndex<'_>, mut findings: Vec<Finding>) -> Vec<Diagnostic> {
-    findings.sort_by(|a, b| a.span.start.cmp(&b.span.start).then_with(|| a.message.cmp(&b.message)));
+pub(crate) fn locate(
+    file: &str,
+    index: &LineIndex<'_>,
+    mut findings: Vec<Finding>,
+) -> Vec<Diagnostic> {
+    findings.sort_by(|a, b| {
+        a.span
+            .start
+            .cmp(&b.span.start)
+            .then_with(|| a.message.cmp(&b.message))
+    });
     findings.dedup_by(|a, b| a.span == b.span && a.message == b.message);
     findings
         .into_iter()
@@ -159,7 +176,10 @@ pub(crate) fn locate(file: &str, index: &LineIndex<'_>, mut findings: Vec<Findin
 }
 
 /// The closest candidate to `word`, if it is close enough to be what was meant.
-pub fn did_you_mean<'c>(word: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<&'c str> {
+pub fn did_you_mean<'c>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'c str>,
+) -> Option<&'c str> {
     let lower = word.to_ascii_lowercase();
     candidates
         .into_iter()
@@ -191,7 +211,10 @@ mod tests {
 
     #[test]
     fn suggestions() {
-        assert_eq!(did_you_mean("tabel", ["url", "table", "schema"]), Some("table"));
+        assert_eq!(
+            did_you_mean("tabel", ["url", "table", "schema"]),
+            Some("table")
+        );
         assert_eq!(did_you_mean("windw", ["window", "outcome"]), Some("window"));
         assert_eq!(did_you_mean("zzzzzz", ["window", "outcome"]), None);
         assert_eq!(one_of(&["a", "b", "c"]), "`a`, `b` or `c`");
@@ -207,7 +230,11 @@ mod tests {
 
     #[test]
     fn key_paths_read_like_toml() {
-        let p = KeyPath::root().key("sinks").index(1).key("headers").key("X Api");
+        let p = KeyPath::root()
+            .key("sinks")
+            .index(1)
+            .key("headers")
+            .key("X Api");
         assert_eq!(p.to_string(), "sinks[1].headers.\"X Api\"");
     }
 }

@@ -43,7 +43,10 @@ use raw::*;
 pub fn schema() -> serde_json::Value {
     let mut s = serde_json::to_value(schemars::schema_for!(RawJob)).unwrap_or_default();
     if let Some(o) = s.as_object_mut() {
-        o.insert("$id".into(), "https://propensity.dev/schema/job-v1.json".into());
+        o.insert(
+            "$id".into(),
+            "https://propensity.dev/schema/job-v1.json".into(),
+        );
     }
     s
 }
@@ -60,7 +63,10 @@ fn edit_at(value: &mut toml::Value, path: &[Seg], f: &mut dyn FnMut(&mut toml::T
             if let Some(v) = value.as_array_mut().and_then(|a| a.get_mut(*i)) {
                 // An array element is replaced through a one-entry table around it.
                 let mut t = toml::Table::new();
-                t.insert("item".into(), std::mem::replace(v, toml::Value::Boolean(false)));
+                t.insert(
+                    "item".into(),
+                    std::mem::replace(v, toml::Value::Boolean(false)),
+                );
                 f(&mut t, "item");
                 if let Some(new) = t.remove("item") {
                     *v = new;
@@ -88,26 +94,42 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
         Ok(d) => d,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
-            let message = e.message().lines().next().unwrap_or("invalid TOML").trim().to_owned();
-            let f = Finding { span, path: KeyPath::root(), code: "syntax", message: format!("invalid TOML: {message}"), hint: None };
+            let message = e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .trim()
+                .to_owned();
+            let f = Finding {
+                span,
+                path: KeyPath::root(),
+                code: "syntax",
+                message: format!("invalid TOML: {message}"),
+                hint: None,
+            };
             return Err(locate(file, &lines, vec![f]));
         }
     };
 
     // An unsupported version means the rest of the file follows other rules: say only that.
-    if let Some((_, v)) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "version") {
-        if let DeValue::Integer(i) = v.get_ref() {
-            if i.as_str() != JOB_VERSION.to_string() {
-                let f = Finding {
-                    span: v.span(),
-                    path: KeyPath::root().key("version"),
-                    code: "unsupported-version",
-                    message: format!("unsupported job file version {}; this build of Propensity reads version {JOB_VERSION}", i.as_str()),
-                    hint: Some(format!("write `version = {JOB_VERSION}` and follow the version-{JOB_VERSION} format, or use the Propensity release that reads this version")),
-                };
-                return Err(locate(file, &lines, vec![f]));
-            }
-        }
+    if let Some((_, v)) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "version")
+        && let DeValue::Integer(i) = v.get_ref()
+        && i.as_str() != JOB_VERSION.to_string()
+    {
+        let f = Finding {
+            span: v.span(),
+            path: KeyPath::root().key("version"),
+            code: "unsupported-version",
+            message: format!(
+                "unsupported job file version {}; this build of Propensity reads version {JOB_VERSION}",
+                i.as_str()
+            ),
+            hint: Some(format!(
+                "write `version = {JOB_VERSION}` and follow the version-{JOB_VERSION} format, or use the Propensity release that reads this version"
+            )),
+        };
+        return Err(locate(file, &lines, vec![f]));
     }
 
     let schema = schema();
@@ -118,7 +140,13 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     let mut table: toml::Table = match toml::from_str(text) {
         Ok(t) => t,
         Err(e) => {
-            let f = Finding { span: e.span().unwrap_or(0..0), path: KeyPath::root(), code: "syntax", message: format!("invalid TOML: {}", e.message()), hint: None };
+            let f = Finding {
+                span: e.span().unwrap_or(0..0),
+                path: KeyPath::root(),
+                code: "syntax",
+                message: format!("invalid TOML: {}", e.message()),
+                hint: None,
+            };
             findings.push(f);
             return Err(locate(file, &lines, findings));
         }
@@ -139,17 +167,29 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     }
 
     let loc = validate::Locator::new(&doc);
-    let poisoned: Vec<KeyPath> = checker.placeholders.iter().map(|(p, _)| p.clone()).collect();
+    let poisoned: Vec<KeyPath> = checker
+        .placeholders
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
     let mut sem = validate::Sem::new(&loc, &lines, &poisoned);
     let structural = findings.clone();
     // Typed parse of one part; a failure not already explained structurally is reported here
     // so that a file is never rejected without a message.
-    fn typed<T: DeserializeOwned>(value: Option<&toml::Value>, path: &KeyPath, structural: &[Finding], sem: &mut validate::Sem<'_, '_, '_>) -> Option<T> {
+    fn typed<T: DeserializeOwned>(
+        value: Option<&toml::Value>,
+        path: &KeyPath,
+        structural: &[Finding],
+        sem: &mut validate::Sem<'_, '_, '_>,
+    ) -> Option<T> {
         let v = value?.clone();
         match v.try_into::<T>() {
             Ok(t) => Some(t),
             Err(e) => {
-                if !structural.iter().any(|f| f.path.starts_with(path) || path.starts_with(&f.path)) {
+                if !structural
+                    .iter()
+                    .any(|f| f.path.starts_with(path) || path.starts_with(&f.path))
+                {
                     sem.err(path, "invalid", e.message().to_owned(), None);
                 }
                 None
@@ -162,9 +202,19 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     if let Some(n) = &name {
         sem.name(n, &root.key("name"), "job");
     }
-    let description: Option<String> = typed(table.get("description"), &root.key("description"), &structural, &mut sem);
+    let description: Option<String> = typed(
+        table.get("description"),
+        &root.key("description"),
+        &structural,
+        &mut sem,
+    );
 
-    let sources: Option<RawSources> = typed(table.get("source"), &root.key("source"), &structural, &mut sem);
+    let sources: Option<RawSources> = typed(
+        table.get("source"),
+        &root.key("source"),
+        &structural,
+        &mut sem,
+    );
     let (events, profiles) = match &sources {
         Some(s) => sem.sources(s, &root.key("source")),
         None => (None, None),
@@ -189,16 +239,27 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     let (_, out) = optional!("output", RawOutput);
     let output = sem.output(out.as_ref(), &root.key("output"));
     let (has_sched, sched) = optional!("schedule", RawSchedule);
-    let schedule = sched.as_ref().and_then(|s| sem.schedule(s, &root.key("schedule")));
+    let schedule = sched
+        .as_ref()
+        .and_then(|s| sem.schedule(s, &root.key("schedule")));
     let (has_engine, eng) = optional!("engine", RawEngine);
-    let engine = if has_engine && eng.is_none() { None } else { sem.engine(eng.as_ref(), &root.key("engine")) };
+    let engine = if has_engine && eng.is_none() {
+        None
+    } else {
+        sem.engine(eng.as_ref(), &root.key("engine"))
+    };
 
     let mut segments_raw = Vec::new();
     let mut segments_ok = true;
     if let Some(v) = table.get("segments") {
         if let Some(items) = v.as_array() {
             for (i, item) in items.iter().enumerate() {
-                match typed::<RawSegment>(Some(item), &root.key("segments").index(i), &structural, &mut sem) {
+                match typed::<RawSegment>(
+                    Some(item),
+                    &root.key("segments").index(i),
+                    &structural,
+                    &mut sem,
+                ) {
                     Some(s) => segments_raw.push((i, s)),
                     None => segments_ok = false,
                 }
@@ -234,7 +295,14 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
                         sem.name(&n, &sp.key("name"), "sink");
                         if let Some(first) = explicit.get(&n) {
                             let line = sem.line_of(&root.key("sinks").index(*first).key("name"));
-                            sem.err(&sp.key("name"), "duplicate", format!("duplicate sink name `{n}`"), Some(format!("the first `{n}` is on line {line}; sink names must be unique")));
+                            sem.err(
+                                &sp.key("name"),
+                                "duplicate",
+                                format!("duplicate sink name `{n}`"),
+                                Some(format!(
+                                    "the first `{n}` is on line {line}; sink names must be unique"
+                                )),
+                            );
                         }
                         explicit.insert(n.clone(), i);
                         n
@@ -242,18 +310,31 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
                     None => {
                         let c = counts.entry(kind.type_name()).or_insert(0);
                         *c += 1;
-                        if *c == 1 { kind.type_name().to_owned() } else { format!("{}-{c}", kind.type_name()) }
+                        if *c == 1 {
+                            kind.type_name().to_owned()
+                        } else {
+                            format!("{}-{c}", kind.type_name())
+                        }
                     }
                 };
-                sinks.push(SinkSpec { name, include_holdout, kind });
+                sinks.push(SinkSpec {
+                    name,
+                    include_holdout,
+                    kind,
+                });
             }
             // A default name may collide with an explicit one.
             let mut seen: HashMap<&str, usize> = HashMap::new();
             for (i, s) in sinks.iter().enumerate() {
-                if let Some(_first) = seen.insert(s.name.as_str(), i) {
-                    if !explicit.contains_key(&s.name) {
-                        sem.err(&root.key("sinks"), "duplicate", format!("two sinks are named `{}`", s.name), Some("give each sink of the same type a distinct `name`".to_owned()));
-                    }
+                if let Some(_first) = seen.insert(s.name.as_str(), i)
+                    && !explicit.contains_key(&s.name)
+                {
+                    sem.err(
+                        &root.key("sinks"),
+                        "duplicate",
+                        format!("two sinks are named `{}`", s.name),
+                        Some("give each sink of the same type a distinct `name`".to_owned()),
+                    );
                 }
             }
         }
@@ -261,8 +342,18 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     }
 
     findings.extend(sem.findings);
-    let version_ok = table.get("version").and_then(toml::Value::as_integer) == Some(i64::from(JOB_VERSION));
-    match (findings.is_empty(), version_ok, name, events, goal, engine, segments_ok, sinks_ok) {
+    let version_ok =
+        table.get("version").and_then(toml::Value::as_integer) == Some(i64::from(JOB_VERSION));
+    match (
+        findings.is_empty(),
+        version_ok,
+        name,
+        events,
+        goal,
+        engine,
+        segments_ok,
+        sinks_ok,
+    ) {
         (true, true, Some(name), Some(events), Some(goal), Some(engine), true, true)
             if (!has_sched || schedule.is_some()) && (sources.is_some()) =>
         {
@@ -286,7 +377,13 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
         _ => {
             if findings.is_empty() {
                 // Every path to a rejected part pushes a finding; this guards against a gap.
-                findings.push(Finding { span: 0..0, path: KeyPath::root(), code: "invalid", message: "the job file could not be read".into(), hint: Some("please report this as a bug with the file attached".into()) });
+                findings.push(Finding {
+                    span: 0..0,
+                    path: KeyPath::root(),
+                    code: "invalid",
+                    message: "the job file could not be read".into(),
+                    hint: Some("please report this as a bug with the file attached".into()),
+                });
             }
             Err(locate(file, &lines, findings))
         }

@@ -109,26 +109,43 @@ fn format_range(format: Option<&str>) -> Option<(i128, i128)> {
 /// Branches of `oneOf`/`anyOf` other than `{"type": "null"}` (TOML has no null).
 fn non_null_branches(s: &Value) -> Option<Vec<&Value>> {
     let list = s.get("oneOf").or_else(|| s.get("anyOf"))?.as_array()?;
-    Some(list.iter().filter(|b| b.get("type").and_then(Value::as_str) != Some("null")).collect())
+    Some(
+        list.iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) != Some("null"))
+            .collect(),
+    )
 }
 
 fn types_of(s: &Value) -> Vec<&str> {
     match s.get("type") {
         Some(Value::String(t)) => vec![t.as_str()],
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect(),
         _ => Vec::new(),
     }
 }
 
 impl<'s> Checker<'s> {
     pub fn new(root: &'s Value) -> Self {
-        Self { root, findings: Vec::new(), unknown: Vec::new(), placeholders: Vec::new() }
+        Self {
+            root,
+            findings: Vec::new(),
+            unknown: Vec::new(),
+            placeholders: Vec::new(),
+        }
     }
 
     fn resolve(&self, mut s: &'s Value) -> &'s Value {
         for _ in 0..32 {
-            let Some(r) = s.get("$ref").and_then(Value::as_str) else { break };
-            let Some(name) = r.strip_prefix("#/$defs/") else { break };
+            let Some(r) = s.get("$ref").and_then(Value::as_str) else {
+                break;
+            };
+            let Some(name) = r.strip_prefix("#/$defs/") else {
+                break;
+            };
             match self.root.get("$defs").and_then(|d| d.get(name)) {
                 Some(t) => s = t,
                 None => break,
@@ -140,16 +157,21 @@ impl<'s> Checker<'s> {
     /// A value of the type `schema` wants, used in place of a missing or invalid one.
     fn placeholder(&self, schema: &'s Value) -> toml::Value {
         let schema = self.resolve(schema);
-        if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|a| a.first()).and_then(Value::as_str) {
+        if let Some(first) = schema
+            .get("enum")
+            .and_then(Value::as_array)
+            .and_then(|a| a.first())
+            .and_then(Value::as_str)
+        {
             return toml::Value::String(first.to_owned());
         }
         if let Some(c) = schema.get("const").and_then(Value::as_str) {
             return toml::Value::String(c.to_owned());
         }
-        if let Some(b) = non_null_branches(schema) {
-            if let Some(first) = b.first() {
-                return self.placeholder(first);
-            }
+        if let Some(b) = non_null_branches(schema)
+            && let Some(first) = b.first()
+        {
+            return self.placeholder(first);
         }
         let min = schema.get("minimum").and_then(Value::as_f64).unwrap_or(0.0);
         match types_of(schema).first().copied() {
@@ -167,13 +189,30 @@ impl<'s> Checker<'s> {
         self.placeholders.push((path.clone(), v));
     }
 
-    fn push(&mut self, span: Range<usize>, path: &KeyPath, code: &'static str, message: String, hint: Option<String>) {
-        self.findings.push(Finding { span, path: path.clone(), code, message, hint });
+    fn push(
+        &mut self,
+        span: Range<usize>,
+        path: &KeyPath,
+        code: &'static str,
+        message: String,
+        hint: Option<String>,
+    ) {
+        self.findings.push(Finding {
+            span,
+            path: path.clone(),
+            code,
+            message,
+            hint,
+        });
     }
 
     /// Where a message about this table should say it is.
     fn place(path: &KeyPath, label: Option<&str>) -> String {
-        let base = if path.is_root() { "at the top level".to_owned() } else { format!("in `{path}`") };
+        let base = if path.is_root() {
+            "at the top level".to_owned()
+        } else {
+            format!("in `{path}`")
+        };
         match label {
             Some(l) => format!("{base} ({l})"),
             None => base,
@@ -185,7 +224,13 @@ impl<'s> Checker<'s> {
         self.check_table(doc.get_ref(), doc.span(), schema, &KeyPath::root(), None);
     }
 
-    pub fn check(&mut self, node: &Spanned<DeValue<'_>>, schema: &'s Value, path: &KeyPath, label: Option<&str>) {
+    pub fn check(
+        &mut self,
+        node: &Spanned<DeValue<'_>>,
+        schema: &'s Value,
+        path: &KeyPath,
+        label: Option<&str>,
+    ) {
         let schema = self.resolve(schema);
         if schema.as_bool() == Some(true) || schema.as_object().is_some_and(Map::is_empty) {
             return;
@@ -230,7 +275,11 @@ impl<'s> Checker<'s> {
                 span,
                 path,
                 "invalid-type",
-                format!("expected {}, found {}", expected.join(" or "), kind_of(value)),
+                format!(
+                    "expected {}, found {}",
+                    expected.join(" or "),
+                    kind_of(value)
+                ),
                 hint,
             );
         }
@@ -255,12 +304,30 @@ impl<'s> Checker<'s> {
         }
     }
 
-    fn check_range(&mut self, value: &DeValue<'_>, span: Range<usize>, schema: &Value, path: &KeyPath) {
+    fn check_range(
+        &mut self,
+        value: &DeValue<'_>,
+        span: Range<usize>,
+        schema: &Value,
+        path: &KeyPath,
+    ) {
         let Some(x) = num_value(value) else {
-            return self.push(span, path, "invalid-value", "number out of range".to_owned(), None);
+            return self.push(
+                span,
+                path,
+                "invalid-value",
+                "number out of range".to_owned(),
+                None,
+            );
         };
         if !x.is_finite() {
-            return self.push(span, path, "invalid-value", "expected a finite number".to_owned(), None);
+            return self.push(
+                span,
+                path,
+                "invalid-value",
+                "expected a finite number".to_owned(),
+                None,
+            );
         }
         let fmt_range = format_range(schema.get("format").and_then(Value::as_str));
         let min = schema.get("minimum").and_then(Value::as_f64);
@@ -270,25 +337,49 @@ impl<'s> Checker<'s> {
             DeValue::Float(f) => f.as_str().to_owned(),
             _ => x.to_string(),
         };
-        if let Some(min) = min.or(fmt_range.map(|r| r.0 as f64)) {
-            if x < min {
-                return self.push(span, path, "out-of-range", format!("{shown} is below the minimum {min}"), None);
-            }
+        if let Some(min) = min.or(fmt_range.map(|r| r.0 as f64))
+            && x < min
+        {
+            return self.push(
+                span,
+                path,
+                "out-of-range",
+                format!("{shown} is below the minimum {min}"),
+                None,
+            );
         }
-        if let Some(max) = max.or(fmt_range.map(|r| r.1 as f64)) {
-            if x > max {
-                return self.push(span, path, "out-of-range", format!("{shown} is above the maximum {max}"), None);
-            }
+        if let Some(max) = max.or(fmt_range.map(|r| r.1 as f64))
+            && x > max
+        {
+            return self.push(
+                span,
+                path,
+                "out-of-range",
+                format!("{shown} is above the maximum {max}"),
+                None,
+            );
         }
-        if let (Some((lo, hi)), Some(n)) = (fmt_range, int_value(value)) {
-            if n < lo || n > hi {
-                self.push(span, path, "out-of-range", format!("{shown} is out of range"), None);
-            }
+        if let (Some((lo, hi)), Some(n)) = (fmt_range, int_value(value))
+            && (n < lo || n > hi)
+        {
+            self.push(
+                span,
+                path,
+                "out-of-range",
+                format!("{shown} is out of range"),
+                None,
+            );
         }
     }
 
     /// True when the value is one of `allowed`.
-    fn check_enum(&mut self, value: &DeValue<'_>, span: Range<usize>, allowed: &[&str], path: &KeyPath) -> bool {
+    fn check_enum(
+        &mut self,
+        value: &DeValue<'_>,
+        span: Range<usize>,
+        allowed: &[&str],
+        path: &KeyPath,
+    ) -> bool {
         let DeValue::String(s) = value else {
             self.push(
                 span,
@@ -304,13 +395,25 @@ impl<'s> Checker<'s> {
                 Some(m) => format!("did you mean `{m}`? allowed values: {}", one_of(allowed)),
                 None => format!("allowed values: {}", one_of(allowed)),
             };
-            self.push(span, path, "invalid-value", format!("unknown value `{s}`"), Some(hint));
+            self.push(
+                span,
+                path,
+                "invalid-value",
+                format!("unknown value `{s}`"),
+                Some(hint),
+            );
             return false;
         }
         true
     }
 
-    fn check_branches(&mut self, node: &Spanned<DeValue<'_>>, branches: &[&'s Value], path: &KeyPath, label: Option<&str>) {
+    fn check_branches(
+        &mut self,
+        node: &Spanned<DeValue<'_>>,
+        branches: &[&'s Value],
+        path: &KeyPath,
+        label: Option<&str>,
+    ) {
         let branches: Vec<&'s Value> = branches.iter().map(|b| self.resolve(b)).collect();
         match branches.as_slice() {
             [] => return,
@@ -318,10 +421,14 @@ impl<'s> Checker<'s> {
             _ => {}
         }
         // A choice of constants: an enum whose variants carry descriptions.
-        let consts: Option<Vec<&str>> = branches.iter().map(|b| b.get("const").and_then(Value::as_str)).collect();
+        let consts: Option<Vec<&str>> = branches
+            .iter()
+            .map(|b| b.get("const").and_then(Value::as_str))
+            .collect();
         if let Some(allowed) = consts {
             if !self.check_enum(node.get_ref(), node.span(), &allowed, path) {
-                self.placeholders.push((path.clone(), toml::Value::String(allowed[0].to_owned())));
+                self.placeholders
+                    .push((path.clone(), toml::Value::String(allowed[0].to_owned())));
             }
             return;
         }
@@ -351,13 +458,18 @@ impl<'s> Checker<'s> {
                 self.check_enum(v.get_ref(), v.span(), &values, &tag_path);
                 return;
             };
-            match branches.iter().find(|b| tag_value(b, &tag) == Some(chosen.as_ref())) {
+            match branches
+                .iter()
+                .find(|b| tag_value(b, &tag) == Some(chosen.as_ref()))
+            {
                 Some(b) => {
                     let kind = path.0.first().and_then(|s| match s {
                         crate::diag::Seg::Key(k) => Some(k.trim_end_matches('s').to_owned()),
                         crate::diag::Seg::Index(_) => None,
                     });
-                    let label = format!("{} {}", chosen, kind.unwrap_or_default()).trim().to_owned();
+                    let label = format!("{} {}", chosen, kind.unwrap_or_default())
+                        .trim()
+                        .to_owned();
                     self.check(node, b, path, Some(&label));
                 }
                 None => {
@@ -382,7 +494,14 @@ impl<'s> Checker<'s> {
         self.stand_in(path, branches[0]);
     }
 
-    fn check_table(&mut self, table: &DeTable<'_>, span: Range<usize>, schema: &'s Value, path: &KeyPath, label: Option<&str>) {
+    fn check_table(
+        &mut self,
+        table: &DeTable<'_>,
+        span: Range<usize>,
+        schema: &'s Value,
+        path: &KeyPath,
+        label: Option<&str>,
+    ) {
         let schema = self.resolve(schema);
         let props = schema.get("properties").and_then(Value::as_object);
         let additional = schema.get("additionalProperties");
@@ -395,7 +514,9 @@ impl<'s> Checker<'s> {
             }
             match additional {
                 Some(Value::Bool(false)) => {
-                    let known: Vec<&str> = props.map(|p| p.keys().map(String::as_str).collect()).unwrap_or_default();
+                    let known: Vec<&str> = props
+                        .map(|p| p.keys().map(String::as_str).collect())
+                        .unwrap_or_default();
                     let hint = match did_you_mean(key, known.iter().copied()) {
                         Some(m) => format!("did you mean `{m}`?"),
                         None => format!("allowed keys here: {}", one_of(&known)),

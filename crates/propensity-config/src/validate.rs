@@ -32,10 +32,14 @@ impl<'d, 'i> Locator<'d, 'i> {
         let mut value: Option<&'d DeValue<'i>> = None;
         for seg in &path.0 {
             let next = match seg {
-                Seg::Key(k) => table.and_then(|t| t.iter().find(|(tk, _)| tk.get_ref() == k).map(|(_, v)| v)),
+                Seg::Key(k) => {
+                    table.and_then(|t| t.iter().find(|(tk, _)| tk.get_ref() == k).map(|(_, v)| v))
+                }
                 Seg::Index(i) => array.and_then(|a| a.get(*i)),
             };
-            let Some(next) = next else { return (span, None) };
+            let Some(next) = next else {
+                return (span, None);
+            };
             span = next.span();
             value = Some(next.get_ref());
             table = next.get_ref().as_table();
@@ -47,7 +51,6 @@ impl<'d, 'i> Locator<'d, 'i> {
     pub fn span(&self, path: &KeyPath) -> Range<usize> {
         self.node(path).0
     }
-
 }
 
 pub(crate) struct Sem<'l, 'd, 'i> {
@@ -57,18 +60,32 @@ pub(crate) struct Sem<'l, 'd, 'i> {
     pub findings: Vec<Finding>,
 }
 
-const SECRET_HEADER_WORDS: &[&str] = &["authorization", "token", "key", "secret", "password", "signature", "cookie", "auth"];
+const SECRET_HEADER_WORDS: &[&str] = &[
+    "authorization",
+    "token",
+    "key",
+    "secret",
+    "password",
+    "signature",
+    "cookie",
+    "auth",
+];
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 fn parse_size(s: &str) -> Option<u64> {
     let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num.parse().ok()?;
     let mult: f64 = match unit.trim() {
@@ -84,31 +101,58 @@ fn parse_size(s: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = n * mult;
-    (bytes.is_finite() && bytes >= 1.0 && bytes < 1.0e18).then_some(bytes as u64)
+    (bytes.is_finite() && (1.0..1.0e18).contains(&bytes)).then_some(bytes as u64)
 }
 
 /// Cron text as the `cron` crate reads it: classic 5-field crontab gets `0` seconds.
 fn normalise_cron(expr: &str) -> String {
     let fields: Vec<&str> = expr.split_whitespace().collect();
-    if fields.len() == 5 { format!("0 {}", fields.join(" ")) } else { fields.join(" ") }
+    if fields.len() == 5 {
+        format!("0 {}", fields.join(" "))
+    } else {
+        fields.join(" ")
+    }
 }
 
 impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
-    pub fn new(loc: &'l Locator<'d, 'i>, lines: &'l LineIndex<'l>, poisoned: &'l [KeyPath]) -> Self {
-        Self { loc, lines, poisoned, findings: Vec::new() }
+    pub fn new(
+        loc: &'l Locator<'d, 'i>,
+        lines: &'l LineIndex<'l>,
+        poisoned: &'l [KeyPath],
+    ) -> Self {
+        Self {
+            loc,
+            lines,
+            poisoned,
+            findings: Vec::new(),
+        }
     }
 
     /// True when `path` holds (or lies inside) a stand-in for a value already reported.
     pub fn is_poisoned(&self, path: &KeyPath) -> bool {
-        self.poisoned.iter().any(|q| path.starts_with(q) || q.starts_with(path))
+        self.poisoned
+            .iter()
+            .any(|q| path.starts_with(q) || q.starts_with(path))
     }
 
-    pub fn err(&mut self, path: &KeyPath, code: &'static str, message: impl Into<String>, hint: Option<String>) {
+    pub fn err(
+        &mut self,
+        path: &KeyPath,
+        code: &'static str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
         if self.is_poisoned(path) {
             return;
         }
         let span = self.loc.span(path);
-        self.findings.push(Finding { span, path: path.clone(), code, message: message.into(), hint });
+        self.findings.push(Finding {
+            span,
+            path: path.clone(),
+            code,
+            message: message.into(),
+            hint,
+        });
     }
 
     pub fn span_dur(&mut self, text: Option<&str>, default: Span, path: &KeyPath) -> Span {
@@ -117,7 +161,9 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             Ok(s) => s,
             Err(e) => {
                 let hint = match e {
-                    SpanError::Unit { .. } | SpanError::Syntax(_) => Some("examples: `30d`, `12h`, `90m`, `2w`, `1d12h`".to_owned()),
+                    SpanError::Unit { .. } | SpanError::Syntax(_) => {
+                        Some("examples: `30d`, `12h`, `90m`, `2w`, `1d12h`".to_owned())
+                    }
                     _ => None,
                 };
                 self.err(path, "bad-duration", format!("invalid duration: {e}"), hint);
@@ -151,7 +197,10 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 Some(format!(
                     "set it in an environment variable and write `{} = \"${{{}}}\"`",
                     field.clone().unwrap_or_default(),
-                    field.unwrap_or_default().to_ascii_uppercase().replace('-', "_")
+                    field
+                        .unwrap_or_default()
+                        .to_ascii_uppercase()
+                        .replace('-', "_")
                 )),
             );
             return None;
@@ -173,14 +222,25 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
 
     fn predicate(&mut self, text: &str, path: &KeyPath) -> Predicate {
         if text.trim().is_empty() {
-            self.err(path, "empty-predicate", "the predicate is empty", Some("write a rule such as `event_type = 'test'`, or remove the key".to_owned()));
+            self.err(
+                path,
+                "empty-predicate",
+                "the predicate is empty",
+                Some("write a rule such as `event_type = 'test'`, or remove the key".to_owned()),
+            );
         }
         Predicate(text.trim().to_owned())
     }
 
     /// A URL with a scheme from `allowed`, or a local path when `allow_path`. `${NAME}`
     /// references are allowed; a password written in the URL is refused.
-    fn location(&mut self, text: &str, path: &KeyPath, allowed: &[&str], allow_path: bool) -> Option<(Scheme, Template)> {
+    fn location(
+        &mut self,
+        text: &str,
+        path: &KeyPath,
+        allowed: &[&str],
+        allow_path: bool,
+    ) -> Option<(Scheme, Template)> {
         let t = self.template(text, path)?;
         if text.trim().is_empty() {
             self.err(path, "bad-url", "empty location", None);
@@ -199,41 +259,64 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 path,
                 "bad-url",
                 format!("`{text}` is not a URL"),
-                Some(format!("write a URL with one of the schemes {}", one_of(allowed))),
+                Some(format!(
+                    "write a URL with one of the schemes {}",
+                    one_of(allowed)
+                )),
             );
             return None;
         };
         let scheme = probe[..end].to_ascii_lowercase();
         if !allowed.contains(&scheme.as_str()) {
             let hint = match did_you_mean(&scheme, allowed.iter().copied()) {
-                Some(m) => format!("did you mean `{m}://`? supported schemes: {}", one_of(allowed)),
+                Some(m) => format!(
+                    "did you mean `{m}://`? supported schemes: {}",
+                    one_of(allowed)
+                ),
                 None => format!("supported schemes: {}", one_of(allowed)),
             };
-            self.err(path, "bad-url", format!("unsupported URL scheme `{scheme}`"), Some(hint));
+            self.err(
+                path,
+                "bad-url",
+                format!("unsupported URL scheme `{scheme}`"),
+                Some(hint),
+            );
             return None;
         }
         let parsed = match url::Url::parse(&probe) {
             Ok(u) => u,
             Err(e) => {
-                self.err(path, "bad-url", format!("`{text}` is not a valid URL: {e}"), None);
+                self.err(
+                    path,
+                    "bad-url",
+                    format!("`{text}` is not a valid URL: {e}"),
+                    None,
+                );
                 return None;
             }
         };
-        if let Some(pw) = parsed.password() {
-            if !pw.starts_with("env-") || !t.has_vars() {
-                self.err(
+        if let Some(pw) = parsed.password()
+            && (!pw.starts_with("env-") || !t.has_vars())
+        {
+            self.err(
                     path,
                     "literal-secret",
                     "the URL contains a password written in the job file",
                     Some("reference an environment variable instead, e.g. `postgres://app:${PG_PASSWORD}@db:5432/scores`, or give the whole URL as `${PG_URL}`".to_owned()),
                 );
-                return None;
-            }
+            return None;
         }
-        if matches!(scheme.as_str(), "s3" | "gs" | "az" | "abfs" | "abfss" | "http" | "https" | "redis" | "rediss")
-            && parsed.host_str().is_none_or(str::is_empty)
+        if matches!(
+            scheme.as_str(),
+            "s3" | "gs" | "az" | "abfs" | "abfss" | "http" | "https" | "redis" | "rediss"
+        ) && parsed.host_str().is_none_or(str::is_empty)
         {
-            self.err(path, "bad-url", format!("`{text}` has no host or bucket"), None);
+            self.err(
+                path,
+                "bad-url",
+                format!("`{text}` has no host or bucket"),
+                None,
+            );
             return None;
         }
         let s = match scheme.as_str() {
@@ -251,12 +334,16 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
     fn storage(&mut self, raw: Option<&RawStorage>, path: &KeyPath) -> StorageOptions {
         let mut out = StorageOptions::default();
         let Some(r) = raw else { return out };
-        let plain = [("endpoint", &r.endpoint), ("region", &r.region), ("account_name", &r.account_name)];
+        let plain = [
+            ("endpoint", &r.endpoint),
+            ("region", &r.region),
+            ("account_name", &r.account_name),
+        ];
         for (k, v) in plain {
-            if let Some(v) = v {
-                if let Some(t) = self.template(v, &path.key(k)) {
-                    out.options.insert(k.to_owned(), t);
-                }
+            if let Some(v) = v
+                && let Some(t) = self.template(v, &path.key(k))
+            {
+                out.options.insert(k.to_owned(), t);
             }
         }
         let secret = [
@@ -269,17 +356,20 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             ("bearer_token", &r.bearer_token),
         ];
         for (k, v) in secret {
-            if let Some(v) = v {
-                if let Some(t) = self.secret(v, &path.key(k)) {
-                    out.options.insert(k.to_owned(), t);
-                }
+            if let Some(v) = v
+                && let Some(t) = self.secret(v, &path.key(k))
+            {
+                out.options.insert(k.to_owned(), t);
             }
         }
-        for (k, v) in [("allow_http", r.allow_http), ("virtual_hosted_style", r.virtual_hosted_style)] {
-            if let Some(v) = v {
-                if let Ok(t) = Template::parse(&v.to_string()) {
-                    out.options.insert(k.to_owned(), t);
-                }
+        for (k, v) in [
+            ("allow_http", r.allow_http),
+            ("virtual_hosted_style", r.virtual_hosted_style),
+        ] {
+            if let Some(v) = v
+                && let Ok(t) = Template::parse(&v.to_string())
+            {
+                out.options.insert(k.to_owned(), t);
             }
         }
         out
@@ -296,14 +386,21 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         }
     }
 
-    pub fn sources(&mut self, raw: &RawSources, p: &KeyPath) -> (Option<EventSource>, Option<ProfileSource>) {
-        const SOURCE_SCHEMES: &[&str] = &["file", "s3", "gs", "az", "abfs", "abfss", "http", "https"];
+    pub fn sources(
+        &mut self,
+        raw: &RawSources,
+        p: &KeyPath,
+    ) -> (Option<EventSource>, Option<ProfileSource>) {
+        const SOURCE_SCHEMES: &[&str] =
+            &["file", "s3", "gs", "az", "abfs", "abfss", "http", "https"];
         let ep = p.key("events");
         let e = &raw.events;
         let location = self.location(&e.uri, &ep.key("uri"), SOURCE_SCHEMES, true);
         let cols = e.columns.as_ref();
         let cp = ep.key("columns");
-        let mut col = |name: &str, v: Option<&String>| self.field_path(v.map_or(name, String::as_str), &cp.key(name));
+        let mut col = |name: &str, v: Option<&String>| {
+            self.field_path(v.map_or(name, String::as_str), &cp.key(name))
+        };
         let columns = EventColumns {
             profile_id: col("profile_id", cols.and_then(|c| c.profile_id.as_ref())),
             timestamp: col("timestamp", cols.and_then(|c| c.timestamp.as_ref())),
@@ -320,19 +417,38 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         let profiles = raw.profiles.as_ref().and_then(|pr| {
             let pp = p.key("profiles");
             let location = self.location(&pr.uri, &pp.key("uri"), SOURCE_SCHEMES, true);
-            let profile_id = self.field_path(pr.profile_id.as_deref().unwrap_or("profile_id"), &pp.key("profile_id"));
+            let profile_id = self.field_path(
+                pr.profile_id.as_deref().unwrap_or("profile_id"),
+                &pp.key("profile_id"),
+            );
             let mut attributes = Vec::new();
             for (i, a) in pr.attributes.iter().flatten().enumerate() {
                 if a.trim().is_empty() {
-                    self.err(&pp.key("attributes").index(i), "bad-field", "empty attribute name", None);
+                    self.err(
+                        &pp.key("attributes").index(i),
+                        "bad-field",
+                        "empty attribute name",
+                        None,
+                    );
                 } else if attributes.contains(a) {
-                    self.err(&pp.key("attributes").index(i), "duplicate", format!("attribute `{a}` is listed twice"), None);
+                    self.err(
+                        &pp.key("attributes").index(i),
+                        "duplicate",
+                        format!("attribute `{a}` is listed twice"),
+                        None,
+                    );
                 } else {
                     attributes.push(a.clone());
                 }
             }
             let storage = self.storage(pr.storage.as_ref(), &pp.key("storage"));
-            location.map(|(scheme, uri)| ProfileSource { location: Location { scheme, uri }, format: pr.format, profile_id, attributes, storage })
+            location.map(|(scheme, uri)| ProfileSource {
+                location: Location { scheme, uri },
+                format: pr.format,
+                profile_id,
+                attributes,
+                storage,
+            })
         });
         (events, profiles)
     }
@@ -346,7 +462,12 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 None => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
             },
             _ => {
-                self.err(path, "invalid-type", "expected a string, number or boolean", None);
+                self.err(
+                    path,
+                    "invalid-type",
+                    "expected a string, number or boolean",
+                    None,
+                );
                 return None;
             }
         })
@@ -360,9 +481,20 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         let vp = path.key("value");
         let value = match (c.op, &c.value) {
             (Op::Exists, None) => ConditionValue::Present,
-            (Op::Exists, Some(serde_json::Value::Bool(b))) => if *b { ConditionValue::Present } else { ConditionValue::Absent },
+            (Op::Exists, Some(serde_json::Value::Bool(b))) => {
+                if *b {
+                    ConditionValue::Present
+                } else {
+                    ConditionValue::Absent
+                }
+            }
             (Op::Exists, Some(_)) => {
-                self.err(&vp, "invalid-value", "`exists` takes `value = true` (the default) or `value = false`", None);
+                self.err(
+                    &vp,
+                    "invalid-value",
+                    "`exists` takes `value = true` (the default) or `value = false`",
+                    None,
+                );
                 return None;
             }
             (op, None) => {
@@ -370,13 +502,22 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                     path,
                     "missing-key",
                     format!("missing required key `value` for `op = \"{op}\"`"),
-                    Some(if matches!(op, Op::In | Op::NotIn) { "add `value = [\"a\", \"b\"]`".to_owned() } else { "add `value = ...`".to_owned() }),
+                    Some(if matches!(op, Op::In | Op::NotIn) {
+                        "add `value = [\"a\", \"b\"]`".to_owned()
+                    } else {
+                        "add `value = ...`".to_owned()
+                    }),
                 );
                 return None;
             }
             (Op::In | Op::NotIn, Some(serde_json::Value::Array(items))) => {
                 if items.is_empty() {
-                    self.err(&vp, "invalid-value", format!("`{}` needs at least one value", c.op), None);
+                    self.err(
+                        &vp,
+                        "invalid-value",
+                        format!("`{}` needs at least one value", c.op),
+                        None,
+                    );
                     return None;
                 }
                 let mut list = Vec::new();
@@ -386,11 +527,21 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 ConditionValue::List(list)
             }
             (Op::In | Op::NotIn, Some(_)) => {
-                self.err(&vp, "invalid-type", format!("`{}` takes an array of values", c.op), Some("write `value = [\"a\", \"b\"]`".to_owned()));
+                self.err(
+                    &vp,
+                    "invalid-type",
+                    format!("`{}` takes an array of values", c.op),
+                    Some("write `value = [\"a\", \"b\"]`".to_owned()),
+                );
                 return None;
             }
             (op, Some(serde_json::Value::Array(_))) => {
-                self.err(&vp, "invalid-type", format!("`{op}` takes a single value, not an array"), Some("use `op = \"in\"` to match any of several values".to_owned()));
+                self.err(
+                    &vp,
+                    "invalid-type",
+                    format!("`{op}` takes a single value, not an array"),
+                    Some("use `op = \"in\"` to match any of several values".to_owned()),
+                );
                 return None;
             }
             (Op::Contains, Some(v)) if !v.is_string() => {
@@ -398,12 +549,21 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 return None;
             }
             (Op::Gt | Op::Ge | Op::Lt | Op::Le, Some(serde_json::Value::Bool(_))) => {
-                self.err(&vp, "invalid-type", format!("`{}` compares numbers or strings, not booleans", c.op), None);
+                self.err(
+                    &vp,
+                    "invalid-type",
+                    format!("`{}` compares numbers or strings, not booleans", c.op),
+                    None,
+                );
                 return None;
             }
             (_, Some(v)) => ConditionValue::One(self.scalar(v, &vp)?),
         };
-        Some(Condition { field, op: c.op, value })
+        Some(Condition {
+            field,
+            op: c.op,
+            value,
+        })
     }
 
     pub fn goal(&mut self, raw: &RawGoal, p: &KeyPath) -> Option<Goal> {
@@ -436,10 +596,10 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 if g.plugin.trim().is_empty() {
                     self.err(&p.key("plugin"), "invalid-value", "empty plugin name", Some("name the plugin, e.g. `plugin = \"repeat_purchase\"`, or give a path to its library".to_owned()));
                 }
-                if let Some(h) = &g.sha256 {
-                    if h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()) {
-                        self.err(&p.key("sha256"), "invalid-value", "`sha256` must be 64 hexadecimal digits", Some("print it with `sha256sum <library>` or `propensity plugins check <library>`".to_owned()));
-                    }
+                if let Some(h) = &g.sha256
+                    && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+                {
+                    self.err(&p.key("sha256"), "invalid-value", "`sha256` must be 64 hexadecimal digits", Some("print it with `sha256sum <library>` or `propensity plugins check <library>`".to_owned()));
                 }
                 Some(Goal::Plugin(PluginGoal {
                     plugin: g.plugin.clone(),
@@ -452,18 +612,29 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
     }
 
     pub fn eligibility(&mut self, raw: Option<&RawEligibility>, p: &KeyPath) -> Eligibility {
-        let active_within = self.span_dur(raw.and_then(|r| r.active_within.as_deref()), Span::from_days(90), &p.key("active_within"));
+        let active_within = self.span_dur(
+            raw.and_then(|r| r.active_within.as_deref()),
+            Span::from_days(90),
+            &p.key("active_within"),
+        );
         let mut pred = |v: Option<&String>, k: &str| v.map(|t| self.predicate(t, &p.key(k)));
         Eligibility {
             active_within,
             include: pred(raw.and_then(|r| r.include.as_ref()), "include"),
             exclude: pred(raw.and_then(|r| r.exclude.as_ref()), "exclude"),
-            exclude_events: pred(raw.and_then(|r| r.exclude_events.as_ref()), "exclude_events"),
+            exclude_events: pred(
+                raw.and_then(|r| r.exclude_events.as_ref()),
+                "exclude_events",
+            ),
         }
     }
 
     pub fn features(&mut self, raw: Option<&RawFeatures>, p: &KeyPath) -> Features {
-        let lookback = self.span_dur(raw.and_then(|r| r.lookback.as_deref()), Span::from_days(365), &p.key("lookback"));
+        let lookback = self.span_dur(
+            raw.and_then(|r| r.lookback.as_deref()),
+            Span::from_days(365),
+            &p.key("lookback"),
+        );
         let mut windows = Vec::new();
         match raw.and_then(|r| r.windows.as_ref()) {
             None => windows.extend([7, 30, 90].map(Span::from_days)),
@@ -478,9 +649,19 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                         continue;
                     };
                     if windows.contains(&s) {
-                        self.err(&wp, "duplicate", format!("window `{w}` is listed twice"), None);
+                        self.err(
+                            &wp,
+                            "duplicate",
+                            format!("window `{w}` is listed twice"),
+                            None,
+                        );
                     } else if s > lookback {
-                        self.err(&wp, "invalid-value", format!("window `{w}` is longer than the lookback `{lookback}`"), Some("shorten the window or lengthen `features.lookback`".to_owned()));
+                        self.err(
+                            &wp,
+                            "invalid-value",
+                            format!("window `{w}` is longer than the lookback `{lookback}`"),
+                            Some("shorten the window or lengthen `features.lookback`".to_owned()),
+                        );
                     } else {
                         windows.push(s);
                     }
@@ -489,14 +670,25 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         }
         windows.sort();
         let mut numeric_fields = Vec::new();
-        for (i, f) in raw.and_then(|r| r.numeric_fields.as_ref()).into_iter().flatten().enumerate() {
+        for (i, f) in raw
+            .and_then(|r| r.numeric_fields.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             numeric_fields.push(self.field_path(f, &p.key("numeric_fields").index(i)));
         }
         let mut custom_events = BTreeMap::new();
-        for (name, expr) in raw.and_then(|r| r.custom_events.as_ref()).into_iter().flatten() {
+        for (name, expr) in raw
+            .and_then(|r| r.custom_events.as_ref())
+            .into_iter()
+            .flatten()
+        {
             let cp = p.key("custom_events").key(name);
             let valid = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
-                && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
             if !valid {
                 self.err(&cp, "bad-name", format!("`{name}` is not a valid custom event name"), Some("use lower-case letters, digits and `_`, starting with a letter; it becomes part of feature names".to_owned()));
             }
@@ -513,13 +705,22 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
     }
 
     pub fn model(&mut self, raw: Option<&RawModel>, p: &KeyPath) -> ModelSpec {
-        let stride = self.span_dur(raw.and_then(|r| r.snapshot_stride.as_deref()), Span::from_days(7), &p.key("snapshot_stride"));
+        let stride = self.span_dur(
+            raw.and_then(|r| r.snapshot_stride.as_deref()),
+            Span::from_days(7),
+            &p.key("snapshot_stride"),
+        );
         let d = GbdtParams::default();
         let g = raw.and_then(|r| r.gbdt.as_ref());
         let gp = p.key("gbdt");
         let learning_rate = g.and_then(|g| g.learning_rate).unwrap_or(d.learning_rate);
         if !(learning_rate > 0.0 && learning_rate <= 1.0) {
-            self.err(&gp.key("learning_rate"), "out-of-range", format!("learning rate {learning_rate} is outside (0, 1]"), Some("typical values are 0.02 to 0.2".to_owned()));
+            self.err(
+                &gp.key("learning_rate"),
+                "out-of-range",
+                format!("learning rate {learning_rate} is outside (0, 1]"),
+                Some("typical values are 0.02 to 0.2".to_owned()),
+            );
         }
         ModelSpec {
             algorithm: raw.and_then(|r| r.algorithm).unwrap_or(Algorithm::Gbdt),
@@ -528,35 +729,64 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             min_positives: raw.and_then(|r| r.min_positives).unwrap_or(200),
             min_negatives: raw.and_then(|r| r.min_negatives).unwrap_or(200),
             seed: raw.and_then(|r| r.seed).unwrap_or(42),
-            calibration: raw.and_then(|r| r.calibration).unwrap_or(Calibration::Isotonic),
-            min_auc: raw.and_then(|r| r.quality_gate.as_ref()).and_then(|q| q.min_auc).unwrap_or(0.65),
+            calibration: raw
+                .and_then(|r| r.calibration)
+                .unwrap_or(Calibration::Isotonic),
+            min_auc: raw
+                .and_then(|r| r.quality_gate.as_ref())
+                .and_then(|q| q.min_auc)
+                .unwrap_or(0.65),
             gbdt: GbdtParams {
                 num_trees: g.and_then(|g| g.num_trees).unwrap_or(d.num_trees),
                 learning_rate,
                 max_depth: g.and_then(|g| g.max_depth).unwrap_or(d.max_depth),
                 num_leaves: g.and_then(|g| g.num_leaves).unwrap_or(d.num_leaves),
-                min_data_in_leaf: g.and_then(|g| g.min_data_in_leaf).unwrap_or(d.min_data_in_leaf),
-                early_stopping_rounds: g.and_then(|g| g.early_stopping_rounds).unwrap_or(d.early_stopping_rounds),
+                min_data_in_leaf: g
+                    .and_then(|g| g.min_data_in_leaf)
+                    .unwrap_or(d.min_data_in_leaf),
+                early_stopping_rounds: g
+                    .and_then(|g| g.early_stopping_rounds)
+                    .unwrap_or(d.early_stopping_rounds),
             },
         }
     }
 
     pub fn output(&mut self, raw: Option<&RawOutput>, p: &KeyPath) -> OutputSpec {
-        let (high, medium) = raw.and_then(|r| r.buckets.as_ref()).map_or((75, 25), |b| (b.high, b.medium));
+        let (high, medium) = raw
+            .and_then(|r| r.buckets.as_ref())
+            .map_or((75, 25), |b| (b.high, b.medium));
         if medium >= high {
-            self.err(&p.key("buckets"), "invalid-value", format!("bucket thresholds must have `medium` ({medium}) below `high` ({high})"), Some("e.g. `buckets = { high = 75, medium = 25 }`".to_owned()));
+            self.err(
+                &p.key("buckets"),
+                "invalid-value",
+                format!("bucket thresholds must have `medium` ({medium}) below `high` ({high})"),
+                Some("e.g. `buckets = { high = 75, medium = 25 }`".to_owned()),
+            );
         }
-        OutputSpec { top_factors: raw.and_then(|r| r.top_factors).unwrap_or(5), high, medium }
+        OutputSpec {
+            top_factors: raw.and_then(|r| r.top_factors).unwrap_or(5),
+            high,
+            medium,
+        }
     }
 
     fn cron(&mut self, text: &str, path: &KeyPath) -> Option<CronSpec> {
         let expression = normalise_cron(text);
         match cron::Schedule::from_str(&expression) {
-            Ok(schedule) => Some(CronSpec { expression, schedule }),
+            Ok(schedule) => Some(CronSpec {
+                expression,
+                schedule,
+            }),
             Err(e) => {
                 // The crate's message repeats the expression with a caret; keep its last line.
                 let full = e.to_string();
-                let reason = full.lines().map(str::trim).filter(|l| !l.is_empty()).last().unwrap_or("invalid").trim_end_matches('.').to_owned();
+                let reason = full
+                    .lines()
+                    .map(str::trim)
+                    .rfind(|l| !l.is_empty())
+                    .unwrap_or("invalid")
+                    .trim_end_matches('.')
+                    .to_owned();
                 let reason = reason.replace(". (", " (");
                 self.err(
                     path,
@@ -581,21 +811,47 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                     Some(m) => format!("did you mean `{m}`?"),
                     None => "use an IANA time-zone name such as `Europe/Berlin`, `America/New_York` or `UTC`".to_owned(),
                 };
-                self.err(&p.key("timezone"), "bad-timezone", format!("unknown time zone `{tz_text}`"), Some(hint));
+                self.err(
+                    &p.key("timezone"),
+                    "bad-timezone",
+                    format!("unknown time zone `{tz_text}`"),
+                    Some(hint),
+                );
                 None
             }
         };
         let r = raw.retries.as_ref();
         let rp = p.key("retries");
-        let backoff = self.span_dur(r.and_then(|r| r.backoff.as_deref()), Span::from_secs(60), &rp.key("backoff"));
-        let max_backoff = self.span_dur(r.and_then(|r| r.max_backoff.as_deref()), Span::from_secs(1800), &rp.key("max_backoff"));
+        let backoff = self.span_dur(
+            r.and_then(|r| r.backoff.as_deref()),
+            Span::from_secs(60),
+            &rp.key("backoff"),
+        );
+        let max_backoff = self.span_dur(
+            r.and_then(|r| r.max_backoff.as_deref()),
+            Span::from_secs(1800),
+            &rp.key("max_backoff"),
+        );
         if max_backoff < backoff {
-            self.err(&rp.key("max_backoff"), "invalid-value", format!("`max_backoff` ({max_backoff}) is shorter than `backoff` ({backoff})"), None);
+            self.err(
+                &rp.key("max_backoff"),
+                "invalid-value",
+                format!("`max_backoff` ({max_backoff}) is shorter than `backoff` ({backoff})"),
+                None,
+            );
         }
-        let timeout = raw.timeout.as_deref().map(|t| self.span_dur(Some(t), Span::from_secs(3600), &p.key("timeout")));
+        let timeout = raw
+            .timeout
+            .as_deref()
+            .map(|t| self.span_dur(Some(t), Span::from_secs(3600), &p.key("timeout")));
         let catchup = raw.catchup.unwrap_or(Catchup::Latest);
         if raw.catchup_limit.is_some() && catchup != Catchup::All {
-            self.err(&p.key("catchup_limit"), "invalid-value", "`catchup_limit` only applies with `catchup = \"all\"`", Some("remove it, or set `catchup = \"all\"`".to_owned()));
+            self.err(
+                &p.key("catchup_limit"),
+                "invalid-value",
+                "`catchup_limit` only applies with `catchup = \"all\"`",
+                Some("remove it, or set `catchup = \"all\"`".to_owned()),
+            );
         }
         let train = match train {
             Some(t) => Some(t?),
@@ -608,7 +864,11 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             overlap: raw.overlap.unwrap_or(Overlap::Skip),
             catchup,
             catchup_limit: raw.catchup_limit.unwrap_or(10),
-            retries: RetryPolicy { max_attempts: r.and_then(|r| r.max_attempts).unwrap_or(3), backoff, max_backoff },
+            retries: RetryPolicy {
+                max_attempts: r.and_then(|r| r.max_attempts).unwrap_or(3),
+                backoff,
+                max_backoff,
+            },
             timeout,
         })
     }
@@ -621,15 +881,33 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             self.name(&s.name, &sp.key("name"), "segment");
             if let Some(first) = seen.get(&s.name) {
                 let line = self.line_of(&p.index(*first).key("name"));
-                self.err(&sp.key("name"), "duplicate", format!("duplicate segment name `{}`", s.name), Some(format!("the first `{}` is on line {line}; segment names must be unique", s.name)));
+                self.err(
+                    &sp.key("name"),
+                    "duplicate",
+                    format!("duplicate segment name `{}`", s.name),
+                    Some(format!(
+                        "the first `{}` is on line {line}; segment names must be unique",
+                        s.name
+                    )),
+                );
             } else {
                 seen.insert(s.name.clone(), *i);
             }
             let holdout = s.holdout.unwrap_or(0.0);
             if !(0.0..1.0).contains(&holdout) {
-                self.err(&sp.key("holdout"), "out-of-range", format!("holdout {holdout} is outside [0, 1)"), Some("a fraction such as 0.1 holds out 10 % of the segment".to_owned()));
+                self.err(
+                    &sp.key("holdout"),
+                    "out-of-range",
+                    format!("holdout {holdout} is outside [0, 1)"),
+                    Some("a fraction such as 0.1 holds out 10 % of the segment".to_owned()),
+                );
             }
-            out.push(SegmentSpec { name: s.name.clone(), description: s.description.clone(), rule: self.predicate(&s.rule, &sp.key("where")), holdout });
+            out.push(SegmentSpec {
+                name: s.name.clone(),
+                description: s.description.clone(),
+                rule: self.predicate(&s.rule, &sp.key("where")),
+                holdout,
+            });
         }
         out
     }
@@ -638,27 +916,47 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         self.lines.line_of(self.loc.span(path).start)
     }
 
-    pub fn sink(&mut self, raw: &RawSink, p: &KeyPath, job: &str) -> Option<(Option<String>, bool, SinkKind)> {
+    pub fn sink(
+        &mut self,
+        raw: &RawSink,
+        p: &KeyPath,
+        job: &str,
+    ) -> Option<(Option<String>, bool, SinkKind)> {
         const FILE_SCHEMES: &[&str] = &["file", "s3", "gs", "az", "abfs", "abfss"];
         let holdout = |h: Option<bool>| h.unwrap_or(false);
         match raw {
             RawSink::Parquet(s) => {
                 let storage = self.storage(s.storage.as_ref(), &p.key("storage"));
                 let (scheme, uri) = self.location(&s.uri, &p.key("uri"), FILE_SCHEMES, true)?;
-                Some((s.name.clone(), holdout(s.include_holdout), SinkKind::Parquet { location: Location { scheme, uri }, storage, compression: s.compression.unwrap_or(ParquetCompression::Zstd) }))
+                Some((
+                    s.name.clone(),
+                    holdout(s.include_holdout),
+                    SinkKind::Parquet {
+                        location: Location { scheme, uri },
+                        storage,
+                        compression: s.compression.unwrap_or(ParquetCompression::Zstd),
+                    },
+                ))
             }
             RawSink::Csv(s) | RawSink::Jsonl(s) => {
                 let storage = self.storage(s.storage.as_ref(), &p.key("storage"));
                 let (scheme, uri) = self.location(&s.uri, &p.key("uri"), FILE_SCHEMES, true)?;
                 let location = Location { scheme, uri };
-                let kind = if matches!(raw, RawSink::Csv(_)) { SinkKind::Csv { location, storage } } else { SinkKind::Jsonl { location, storage } };
+                let kind = if matches!(raw, RawSink::Csv(_)) {
+                    SinkKind::Csv { location, storage }
+                } else {
+                    SinkKind::Jsonl { location, storage }
+                };
                 Some((s.name.clone(), holdout(s.include_holdout), kind))
             }
             RawSink::Postgres(s) => {
                 let url = self.location(&s.url, &p.key("url"), &["postgres", "postgresql"], false);
                 let ident = |v: &Option<String>, default: String, key: &str, this: &mut Self| {
                     let v = v.clone().unwrap_or(default);
-                    let ok = v.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    let ok = v
+                        .chars()
+                        .next()
+                        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                         && v.len() <= 63
                         && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                     if !ok {
@@ -668,23 +966,68 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 };
                 let schema = ident(&s.schema, "public".to_owned(), "schema", self);
                 let table = ident(&s.table, "profile_scores".to_owned(), "table", self);
-                let segments_table = ident(&s.segments_table, format!("{table}_segments"), "segments_table", self);
-                let (tls, ca_file) = s.tls.as_ref().map_or((TlsMode::Prefer, None), |t| (t.mode, t.ca_file.clone()));
+                let segments_table = ident(
+                    &s.segments_table,
+                    format!("{table}_segments"),
+                    "segments_table",
+                    self,
+                );
+                let (tls, ca_file) = s
+                    .tls
+                    .as_ref()
+                    .map_or((TlsMode::Prefer, None), |t| (t.mode, t.ca_file.clone()));
                 if ca_file.is_some() && matches!(tls, TlsMode::Disable) {
-                    self.err(&p.key("tls").key("ca_file"), "invalid-value", "`ca_file` is set but TLS is disabled", Some("set `mode = \"verify_full\"` or remove `ca_file`".to_owned()));
+                    self.err(
+                        &p.key("tls").key("ca_file"),
+                        "invalid-value",
+                        "`ca_file` is set but TLS is disabled",
+                        Some("set `mode = \"verify_full\"` or remove `ca_file`".to_owned()),
+                    );
                 }
                 let (_, url) = url?;
-                Some((s.name.clone(), holdout(s.include_holdout), SinkKind::Postgres(PostgresSink { url, schema, table, segments_table, mode: s.mode.unwrap_or(PostgresMode::Swap), tls, ca_file })))
+                Some((
+                    s.name.clone(),
+                    holdout(s.include_holdout),
+                    SinkKind::Postgres(PostgresSink {
+                        url,
+                        schema,
+                        table,
+                        segments_table,
+                        mode: s.mode.unwrap_or(PostgresMode::Swap),
+                        tls,
+                        ca_file,
+                    }),
+                ))
             }
             RawSink::Redis(s) => {
                 let url = self.location(&s.url, &p.key("url"), &["redis", "rediss"], false);
-                let expire_after = self.span_dur(s.expire_after.as_deref(), Span::from_days(1), &p.key("expire_after"));
-                let key_prefix = s.key_prefix.clone().unwrap_or_else(|| format!("propensity:{job}"));
+                let expire_after = self.span_dur(
+                    s.expire_after.as_deref(),
+                    Span::from_days(1),
+                    &p.key("expire_after"),
+                );
+                let key_prefix = s
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| format!("propensity:{job}"));
                 if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
-                    self.err(&p.key("key_prefix"), "invalid-value", "`key_prefix` must be non-empty and without spaces", None);
+                    self.err(
+                        &p.key("key_prefix"),
+                        "invalid-value",
+                        "`key_prefix` must be non-empty and without spaces",
+                        None,
+                    );
                 }
                 let (_, url) = url?;
-                Some((s.name.clone(), holdout(s.include_holdout), SinkKind::Redis(RedisSink { url, key_prefix, expire_after })))
+                Some((
+                    s.name.clone(),
+                    holdout(s.include_holdout),
+                    SinkKind::Redis(RedisSink {
+                        url,
+                        key_prefix,
+                        expire_after,
+                    }),
+                ))
             }
             RawSink::Webhook(s) => {
                 let url = self.location(&s.url, &p.key("url"), &["https", "http"], false);
@@ -692,57 +1035,105 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 for (name, value) in s.headers.iter().flatten() {
                     let hp = p.key("headers").key(name);
                     let lname = name.to_ascii_lowercase();
-                    let valid_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
+                    let valid_name = !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c));
                     if !valid_name {
-                        self.err(&hp, "invalid-value", format!("`{name}` is not a valid HTTP header name"), None);
+                        self.err(
+                            &hp,
+                            "invalid-value",
+                            format!("`{name}` is not a valid HTTP header name"),
+                            None,
+                        );
                         continue;
                     }
-                    let Some(t) = self.template(value, &hp) else { continue };
+                    let Some(t) = self.template(value, &hp) else {
+                        continue;
+                    };
                     if SECRET_HEADER_WORDS.iter().any(|w| lname.contains(w)) && !t.has_vars() {
                         self.err(&hp, "literal-secret", format!("header `{name}` carries a credential written in the job file"), Some(format!("set it in an environment variable and write e.g. `{name} = \"Bearer ${{CRM_TOKEN}}\"`")));
                         continue;
                     }
                     headers.insert(name.clone(), t);
                 }
-                let signing_secret = s.signing_secret.as_deref().and_then(|v| self.secret(v, &p.key("signing_secret")));
-                let timeout = self.span_dur(s.timeout.as_deref(), Span::from_secs(30), &p.key("timeout"));
-                let initial_backoff = self.span_dur(s.initial_backoff.as_deref(), Span::from_secs(1), &p.key("initial_backoff"));
-                let max_backoff = self.span_dur(s.max_backoff.as_deref(), Span::from_secs(60), &p.key("max_backoff"));
-                let retry_budget = self.span_dur(s.retry_budget.as_deref(), Span::from_secs(600), &p.key("retry_budget"));
+                let signing_secret = s
+                    .signing_secret
+                    .as_deref()
+                    .and_then(|v| self.secret(v, &p.key("signing_secret")));
+                let timeout =
+                    self.span_dur(s.timeout.as_deref(), Span::from_secs(30), &p.key("timeout"));
+                let initial_backoff = self.span_dur(
+                    s.initial_backoff.as_deref(),
+                    Span::from_secs(1),
+                    &p.key("initial_backoff"),
+                );
+                let max_backoff = self.span_dur(
+                    s.max_backoff.as_deref(),
+                    Span::from_secs(60),
+                    &p.key("max_backoff"),
+                );
+                let retry_budget = self.span_dur(
+                    s.retry_budget.as_deref(),
+                    Span::from_secs(600),
+                    &p.key("retry_budget"),
+                );
                 if max_backoff < initial_backoff {
                     self.err(&p.key("max_backoff"), "invalid-value", format!("`max_backoff` ({max_backoff}) is shorter than `initial_backoff` ({initial_backoff})"), None);
                 }
                 let (_, url) = url?;
-                Some((s.name.clone(), holdout(s.include_holdout), SinkKind::Webhook(WebhookSink {
-                    url,
-                    headers,
-                    batch_size: s.batch_size.unwrap_or(500),
-                    timeout,
-                    max_attempts: s.max_attempts.unwrap_or(5),
-                    initial_backoff,
-                    max_backoff,
-                    retry_budget,
-                    signing_secret,
-                })))
+                Some((
+                    s.name.clone(),
+                    holdout(s.include_holdout),
+                    SinkKind::Webhook(WebhookSink {
+                        url,
+                        headers,
+                        batch_size: s.batch_size.unwrap_or(500),
+                        timeout,
+                        max_attempts: s.max_attempts.unwrap_or(5),
+                        initial_backoff,
+                        max_backoff,
+                        retry_budget,
+                        signing_secret,
+                    }),
+                ))
             }
         }
     }
 
     pub fn engine(&mut self, raw: Option<&RawEngine>, p: &KeyPath) -> Option<EngineSpec> {
         match raw {
-            None => Some(EngineSpec::Embedded { memory_limit: 4 << 30, spill_dir: None, target_partitions: 0 }),
+            None => Some(EngineSpec::Embedded {
+                memory_limit: 4 << 30,
+                spill_dir: None,
+                target_partitions: 0,
+            }),
             Some(RawEngine::Embedded(e)) => {
                 let memory_limit = match e.memory_limit.as_deref() {
                     None => 4 << 30,
                     Some(t) => parse_size(t).unwrap_or_else(|| {
-                        self.err(&p.key("memory_limit"), "invalid-value", format!("`{t}` is not a memory size"), Some("write a number with a unit, e.g. `512MiB` or `4GiB`".to_owned()));
+                        self.err(
+                            &p.key("memory_limit"),
+                            "invalid-value",
+                            format!("`{t}` is not a memory size"),
+                            Some("write a number with a unit, e.g. `512MiB` or `4GiB`".to_owned()),
+                        );
                         4 << 30
                     }),
                 };
-                Some(EngineSpec::Embedded { memory_limit, spill_dir: e.spill_dir.clone(), target_partitions: e.target_partitions.unwrap_or(0) })
+                Some(EngineSpec::Embedded {
+                    memory_limit,
+                    spill_dir: e.spill_dir.clone(),
+                    target_partitions: e.target_partitions.unwrap_or(0),
+                })
             }
             Some(RawEngine::Ballista(b)) => {
-                let (_, scheduler) = self.location(&b.scheduler, &p.key("scheduler"), &["df", "http", "https"], false)?;
+                let (_, scheduler) = self.location(
+                    &b.scheduler,
+                    &p.key("scheduler"),
+                    &["df", "http", "https"],
+                    false,
+                )?;
                 Some(EngineSpec::Ballista { scheduler })
             }
         }

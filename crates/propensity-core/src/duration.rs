@@ -19,9 +19,13 @@ pub enum SpanError {
     Negative(String),
     #[error("zero duration `{0}`; durations must be positive, e.g. `30d`")]
     Zero(String),
-    #[error("`{0}` is not a duration; write a number followed by a unit: s, m, h, d or w (e.g. `30d`, `12h`, `1d12h`)")]
+    #[error(
+        "`{0}` is not a duration; write a number followed by a unit: s, m, h, d or w (e.g. `30d`, `12h`, `1d12h`)"
+    )]
     Syntax(String),
-    #[error("unknown duration unit `{unit}` in `{text}`; use s, m, h, d or w (months and years vary in length: write `30d` or `365d`)")]
+    #[error(
+        "unknown duration unit `{unit}` in `{text}`; use s, m, h, d or w (months and years vary in length: write `30d` or `365d`)"
+    )]
     Unit { text: String, unit: String },
     #[error("duration `{0}` is too large")]
     Overflow(String),
@@ -71,7 +75,10 @@ impl Span {
                 "d" => 86_400,
                 "w" => 7 * 86_400,
                 other => {
-                    return Err(SpanError::Unit { text: t.to_owned(), unit: other.to_owned() });
+                    return Err(SpanError::Unit {
+                        text: t.to_owned(),
+                        unit: other.to_owned(),
+                    });
                 }
             };
             total = n
@@ -127,8 +134,14 @@ mod tests {
         assert_eq!(Span::parse("12h").map(Span::as_secs), Ok(12 * 3_600));
         assert_eq!(Span::parse("1w2d").map(Span::as_secs), Ok(9 * 86_400));
         assert_eq!(Span::parse(" 90m ").map(Span::as_secs), Ok(5_400));
-        assert_eq!(Span::parse("1d12h").map(|s| s.to_string()), Ok("1d12h".to_owned()));
-        assert_eq!(Span::parse("2w").map(|s| s.to_string()), Ok("14d".to_owned()));
+        assert_eq!(
+            Span::parse("1d12h").map(|s| s.to_string()),
+            Ok("1d12h".to_owned())
+        );
+        assert_eq!(
+            Span::parse("2w").map(|s| s.to_string()),
+            Ok("14d".to_owned())
+        );
     }
 
     #[test]
@@ -140,9 +153,18 @@ mod tests {
         assert_eq!(Span::parse("d30"), Err(SpanError::Syntax("d30".into())));
         assert_eq!(
             Span::parse("3mo"),
-            Err(SpanError::Unit { text: "3mo".into(), unit: "mo".into() })
+            Err(SpanError::Unit {
+                text: "3mo".into(),
+                unit: "mo".into()
+            })
         );
-        assert!(matches!(Span::parse("99999999999999999999d"), Err(SpanError::Overflow(_))));
-        assert!(matches!(Span::parse("9999999w"), Err(SpanError::Overflow(_))));
+        assert!(matches!(
+            Span::parse("99999999999999999999d"),
+            Err(SpanError::Overflow(_))
+        ));
+        assert!(matches!(
+            Span::parse("9999999w"),
+            Err(SpanError::Overflow(_))
+        ));
     }
 }

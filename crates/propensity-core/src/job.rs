@@ -70,7 +70,10 @@ pub struct FieldPath(pub Vec<String>);
 impl FieldPath {
     pub fn parse(s: &str) -> Option<Self> {
         let parts: Vec<String> = s.split('.').map(str::to_owned).collect();
-        parts.iter().all(|p| !p.is_empty() && p.trim() == p).then_some(Self(parts))
+        parts
+            .iter()
+            .all(|p| !p.is_empty() && p.trim() == p)
+            .then_some(Self(parts))
     }
 }
 
@@ -304,9 +307,19 @@ pub struct SinkSpec {
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SinkKind {
-    Parquet { location: Location, storage: StorageOptions, compression: ParquetCompression },
-    Csv { location: Location, storage: StorageOptions },
-    Jsonl { location: Location, storage: StorageOptions },
+    Parquet {
+        location: Location,
+        storage: StorageOptions,
+        compression: ParquetCompression,
+    },
+    Csv {
+        location: Location,
+        storage: StorageOptions,
+    },
+    Jsonl {
+        location: Location,
+        storage: StorageOptions,
+    },
     Postgres(PostgresSink),
     Redis(RedisSink),
     Webhook(WebhookSink),

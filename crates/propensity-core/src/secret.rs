@@ -27,7 +27,9 @@ enum Part {
 pub enum TemplateError {
     #[error("unclosed `${{` in `{0}`; write `${{NAME}}`")]
     Unclosed(String),
-    #[error("`${{{0}}}` is not a valid environment variable name; use letters, digits and `_`, not starting with a digit")]
+    #[error(
+        "`${{{0}}}` is not a valid environment variable name; use letters, digits and `_`, not starting with a digit"
+    )]
     BadName(String),
 }
 
@@ -45,7 +47,9 @@ impl Template {
         while let Some(i) = rest.find("${") {
             lit.push_str(&rest[..i]);
             let after = &rest[i + 2..];
-            let end = after.find('}').ok_or_else(|| TemplateError::Unclosed(text.to_owned()))?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| TemplateError::Unclosed(text.to_owned()))?;
             let name = &after[..end];
             let valid = !name.is_empty()
                 && !name.starts_with(|c: char| c.is_ascii_digit())
@@ -63,7 +67,10 @@ impl Template {
         if !lit.is_empty() {
             parts.push(Part::Literal(lit));
         }
-        Ok(Self { text: text.to_owned(), parts })
+        Ok(Self {
+            text: text.to_owned(),
+            parts,
+        })
     }
 
     /// The text as written, with `${NAME}` references (no values).
@@ -173,13 +180,25 @@ mod tests {
     #[test]
     fn parses_references() {
         let t = Template::parse("postgres://app:${PG_PASSWORD}@db/${DB}").expect("valid");
-        assert_eq!(t.vars().into_iter().collect::<Vec<_>>(), ["DB", "PG_PASSWORD"]);
+        assert_eq!(
+            t.vars().into_iter().collect::<Vec<_>>(),
+            ["DB", "PG_PASSWORD"]
+        );
         assert!(!t.is_single_var());
         assert!(Template::parse("${X}").expect("valid").is_single_var());
         assert!(!Template::parse("plain $ text").expect("valid").has_vars());
-        assert_eq!(Template::parse("${A"), Err(TemplateError::Unclosed("${A".into())));
-        assert_eq!(Template::parse("${1A}"), Err(TemplateError::BadName("1A".into())));
-        assert_eq!(Template::parse("${}"), Err(TemplateError::BadName(String::new())));
+        assert_eq!(
+            Template::parse("${A"),
+            Err(TemplateError::Unclosed("${A".into()))
+        );
+        assert_eq!(
+            Template::parse("${1A}"),
+            Err(TemplateError::BadName("1A".into()))
+        );
+        assert_eq!(
+            Template::parse("${}"),
+            Err(TemplateError::BadName(String::new()))
+        );
     }
 
     #[test]
@@ -189,7 +208,12 @@ mod tests {
             .resolve(|k| (k == "PG_PASSWORD").then(|| "canary-4711".to_owned()))
             .expect("set");
         assert_eq!(s.expose(), "postgres://app:canary-4711@db/x");
-        for shown in [format!("{s}"), format!("{s:?}"), format!("{s:#?}"), format!("{t:?}")] {
+        for shown in [
+            format!("{s}"),
+            format!("{s:?}"),
+            format!("{s:#?}"),
+            format!("{t:?}"),
+        ] {
             assert!(!shown.contains("canary"), "{shown}");
         }
         assert_eq!(serde_json::to_string(&s).expect("json"), "\"***\"");

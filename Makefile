@@ -1,0 +1,29 @@
+# Propensity — common tasks. CI (.ci/run) runs the same targets a person runs.
+CARGO ?= cargo
+
+.DEFAULT_GOAL := help
+
+.PHONY: help build test lint fmt schema golden
+
+help: ## List the targets
+	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+build: ## Build the `propensity` binary (debug)
+	$(CARGO) build --locked -p propensity-cli
+
+test: ## Run the whole test suite
+	$(CARGO) test --locked --workspace --all-targets
+	$(CARGO) test --locked --workspace --doc
+
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+schema: ## Regenerate schema/job-v1.schema.json from the job-file types
+	$(CARGO) run --locked -q -p propensity-cli -- schema --output schema/job-v1.schema.json
+
+golden: ## Rewrite golden files (tests/data/bad/*.expected, the schema) after a deliberate change
+	UPDATE_GOLDEN=1 $(CARGO) test --locked --workspace --all-targets
