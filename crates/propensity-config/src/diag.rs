@@ -181,11 +181,31 @@ pub fn did_you_mean<'c>(
     candidates: impl IntoIterator<Item = &'c str>,
 ) -> Option<&'c str> {
     let lower = word.to_ascii_lowercase();
+    let candidates: Vec<&str> = candidates.into_iter().collect();
+    // A shortened key (`top_events` for `top_event_types`) shares a long start with it.
+    let common = |c: &str| {
+        lower
+            .chars()
+            .zip(c.to_ascii_lowercase().chars())
+            .take_while(|(a, b)| a == b)
+            .count()
+    };
+    let need = 4.max(lower.chars().count() * 3 / 5);
+    if let Some((n, c)) = candidates
+        .iter()
+        .map(|c| (common(c), *c))
+        .max_by_key(|(n, _)| *n)
+        && n >= need
+    {
+        return Some(c);
+    }
     candidates
         .into_iter()
         .map(|c| {
-            let d = strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase());
-            (d, c)
+            (
+                strsim::damerau_levenshtein(&lower, &c.to_ascii_lowercase()),
+                c,
+            )
         })
         .filter(|(d, c)| {
             let budget = (c.chars().count().max(word.chars().count()) / 3).max(1);
@@ -217,6 +237,14 @@ mod tests {
         );
         assert_eq!(did_you_mean("windw", ["window", "outcome"]), Some("window"));
         assert_eq!(did_you_mean("zzzzzz", ["window", "outcome"]), None);
+        assert_eq!(
+            did_you_mean("top_events", ["custom_events", "top_event_types"]),
+            Some("top_event_types")
+        );
+        assert_eq!(
+            did_you_mean("lookbak", ["lookback", "windows"]),
+            Some("lookback")
+        );
         assert_eq!(one_of(&["a", "b", "c"]), "`a`, `b` or `c`");
     }
 

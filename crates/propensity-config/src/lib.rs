@@ -278,64 +278,63 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
             if items.is_empty() {
                 sem.err(&root.key("sinks"), "no-sinks", "the job has no sinks", Some("add at least one `[[sinks]]` table, e.g. `type = \"parquet\"` with a `uri`".to_owned()));
             }
-            let mut explicit: HashMap<String, usize> = HashMap::new();
-            let mut counts: HashMap<&'static str, usize> = HashMap::new();
+            let mut parsed = Vec::new();
             for (i, item) in items.iter().enumerate() {
                 let sp = root.key("sinks").index(i);
                 let Some(raw) = typed::<RawSink>(Some(item), &sp, &structural, &mut sem) else {
                     sinks_ok = false;
                     continue;
                 };
-                let Some((given, include_holdout, kind)) = sem.sink(&raw, &sp, &job_name) else {
-                    sinks_ok = false;
-                    continue;
-                };
-                let name = match given {
-                    Some(n) => {
-                        sem.name(&n, &sp.key("name"), "sink");
-                        if let Some(first) = explicit.get(&n) {
-                            let line = sem.line_of(&root.key("sinks").index(*first).key("name"));
-                            sem.err(
-                                &sp.key("name"),
-                                "duplicate",
-                                format!("duplicate sink name `{n}`"),
-                                Some(format!(
-                                    "the first `{n}` is on line {line}; sink names must be unique"
-                                )),
-                            );
-                        }
-                        explicit.insert(n.clone(), i);
-                        n
+                match sem.sink(&raw, &sp, &job_name) {
+                    Some((given, include_holdout, kind)) => {
+                        parsed.push((i, given, include_holdout, kind))
                     }
-                    None => {
-                        let c = counts.entry(kind.type_name()).or_insert(0);
-                        *c += 1;
-                        if *c == 1 {
-                            kind.type_name().to_owned()
-                        } else {
-                            format!("{}-{c}", kind.type_name())
-                        }
-                    }
-                };
+                    None => sinks_ok = false,
+                }
+            }
+            // Explicit names must be unique; unnamed sinks get their type as name, suffixed
+            // `-2`, `-3`, … past any name already taken.
+            let mut explicit: HashMap<String, usize> = HashMap::new();
+            for (i, given, _, _) in &parsed {
+                let Some(n) = given else { continue };
+                let sp = root.key("sinks").index(*i);
+                sem.name(n, &sp.key("name"), "sink");
+                if let Some(first) = explicit.get(n) {
+                    let line = sem.line_of(&root.key("sinks").index(*first).key("name"));
+                    sem.err(
+                        &sp.key("name"),
+                        "duplicate",
+                        format!("duplicate sink name `{n}`"),
+                        Some(format!(
+                            "the first `{n}` is on line {line}; sink names must be unique"
+                        )),
+                    );
+                } else {
+                    explicit.insert(n.clone(), *i);
+                }
+            }
+            let mut taken: std::collections::HashSet<String> = explicit.keys().cloned().collect();
+            for (_, given, include_holdout, kind) in parsed {
+                let name = given.unwrap_or_else(|| {
+                    let base = kind.type_name();
+                    let name = (1..)
+                        .map(|n| {
+                            if n == 1 {
+                                base.to_owned()
+                            } else {
+                                format!("{base}-{n}")
+                            }
+                        })
+                        .find(|c| !taken.contains(c))
+                        .unwrap_or_else(|| base.to_owned());
+                    taken.insert(name.clone());
+                    name
+                });
                 sinks.push(SinkSpec {
                     name,
                     include_holdout,
                     kind,
                 });
-            }
-            // A default name may collide with an explicit one.
-            let mut seen: HashMap<&str, usize> = HashMap::new();
-            for (i, s) in sinks.iter().enumerate() {
-                if let Some(_first) = seen.insert(s.name.as_str(), i)
-                    && !explicit.contains_key(&s.name)
-                {
-                    sem.err(
-                        &root.key("sinks"),
-                        "duplicate",
-                        format!("two sinks are named `{}`", s.name),
-                        Some("give each sink of the same type a distinct `name`".to_owned()),
-                    );
-                }
             }
         }
         _ => sinks_ok = false,

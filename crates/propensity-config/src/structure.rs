@@ -268,6 +268,12 @@ impl<'s> Checker<'s> {
                     Some(format!("remove the quotes: {s}"))
                 }
                 (DeValue::Datetime(_), ["string"]) => Some("put the value in quotes".to_owned()),
+                (DeValue::Table(_), ["array"]) => match path.0.last() {
+                    Some(crate::diag::Seg::Key(k)) => Some(format!(
+                        "write each entry as a `[[{k}]]` table (double brackets), or `{k} = [ ... ]`"
+                    )),
+                    _ => None,
+                },
                 _ => None,
             };
             self.stand_in(path, schema);
@@ -447,7 +453,7 @@ impl<'s> Checker<'s> {
             let Some((k, v)) = t.iter().find(|(k, _)| k.get_ref() == &tag) else {
                 return self.push(
                     node.span(),
-                    path,
+                    &path.key(&tag),
                     "missing-key",
                     format!("missing required key `{tag}` {}", Self::place(path, label)),
                     Some(format!("add `{tag} = ...` with one of {}", one_of(&values))),

@@ -104,6 +104,49 @@ fn parse_size(s: &str) -> Option<u64> {
     (bytes.is_finite() && (1.0..1.0e18).contains(&bytes)).then_some(bytes as u64)
 }
 
+/// The cron crate's message, reworded: its text repeats the expression with a caret, and
+/// "must be less than 23" means "at most 23".
+fn cron_reason(full: &str) -> String {
+    let last = full
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty() && *l != "^")
+        .unwrap_or("");
+    let last = last
+        .strip_prefix("Invalid expression:")
+        .unwrap_or(last)
+        .trim();
+    if last.is_empty() || last.starts_with('^') || !last.contains(' ') {
+        return "a field is not a number, range (`1-5`), list (`1,3`), step (`*/15`) or name"
+            .to_owned();
+    }
+    let specified = |rest: &str| rest.split('\'').nth(1).unwrap_or("?").to_owned();
+    if let Some((name, rest)) = last.split_once(" must be less than ") {
+        let max = rest.split('.').next().unwrap_or("?");
+        return format!(
+            "{} must be at most {max}, found {}",
+            name.to_lowercase(),
+            specified(rest)
+        );
+    }
+    if let Some((name, rest)) = last.split_once(" must be greater than or equal to ") {
+        let min = rest.split('.').next().unwrap_or("?");
+        return format!(
+            "{} must be at least {min}, found {}",
+            name.to_lowercase(),
+            specified(rest)
+        );
+    }
+    let mut out = last
+        .trim_end_matches('.')
+        .replace(". '", ": '")
+        .replace(" specified", "");
+    if let Some(first) = out.get(..1) {
+        out = first.to_lowercase() + &out[1..];
+    }
+    out
+}
+
 /// Cron text as the `cron` crate reads it: classic 5-field crontab gets `0` seconds.
 fn normalise_cron(expr: &str) -> String {
     let fields: Vec<&str> = expr.split_whitespace().collect();
@@ -249,7 +292,10 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         if t.is_single_var() {
             return Some((Scheme::FromEnv, t));
         }
-        let probe = t.render_with(|v| format!("env-{}", v.to_ascii_lowercase().replace('_', "-")));
+        // Each reference becomes a marker no hand-written text contains, so that the URL's
+        // shape can be checked and a password can be told apart from a reference.
+        const MARK: &str = "propensityenvref7f3a";
+        let probe = t.render_with(|_| MARK.to_owned());
         let scheme_end = probe.find("://");
         let Some(end) = scheme_end else {
             if allow_path {
@@ -296,14 +342,26 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             }
         };
         if let Some(pw) = parsed.password()
-            && (!pw.starts_with("env-") || !t.has_vars())
+            && (pw.is_empty() || !pw.replace(MARK, "").is_empty())
         {
+            let host = match scheme.as_str() {
+                "postgres" | "postgresql" => "db:5432/scores",
+                "redis" | "rediss" => "cache:6379/0",
+                _ => "host/path",
+            };
+            let var = if scheme.starts_with("postgres") {
+                "PG"
+            } else {
+                &scheme.to_ascii_uppercase()
+            };
             self.err(
-                    path,
-                    "literal-secret",
-                    "the URL contains a password written in the job file",
-                    Some("reference an environment variable instead, e.g. `postgres://app:${PG_PASSWORD}@db:5432/scores`, or give the whole URL as `${PG_URL}`".to_owned()),
-                );
+                path,
+                "literal-secret",
+                "the URL contains a password written in the job file",
+                Some(format!(
+                    "reference an environment variable instead, e.g. `{scheme}://user:${{{var}_PASSWORD}}@{host}`, or give the whole URL as `${{{var}_URL}}`"
+                )),
+            );
             return None;
         }
         if matches!(
@@ -771,6 +829,21 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
     }
 
     fn cron(&mut self, text: &str, path: &KeyPath) -> Option<CronSpec> {
+        let hint = || {
+            Some("fields are `sec min hour day-of-month month day-of-week [year]`, or 5-field crontab `min hour day-of-month month day-of-week`; e.g. `0 0 3 * * *` is daily at 03:00".to_owned())
+        };
+        let fields = text.split_whitespace().count();
+        if !(5..=7).contains(&fields) {
+            self.err(
+                path,
+                "bad-cron",
+                format!(
+                    "invalid cron expression `{text}`: expected 5, 6 or 7 fields, found {fields}"
+                ),
+                hint(),
+            );
+            return None;
+        }
         let expression = normalise_cron(text);
         match cron::Schedule::from_str(&expression) {
             Ok(schedule) => Some(CronSpec {
@@ -778,21 +851,14 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 schedule,
             }),
             Err(e) => {
-                // The crate's message repeats the expression with a caret; keep its last line.
-                let full = e.to_string();
-                let reason = full
-                    .lines()
-                    .map(str::trim)
-                    .rfind(|l| !l.is_empty())
-                    .unwrap_or("invalid")
-                    .trim_end_matches('.')
-                    .to_owned();
-                let reason = reason.replace(". (", " (");
                 self.err(
                     path,
                     "bad-cron",
-                    format!("invalid cron expression `{text}`: {}", reason.to_lowercase()),
-                    Some("fields are `sec min hour day-of-month month day-of-week [year]` (or 5-field crontab); e.g. `0 0 3 * * *` is daily at 03:00".to_owned()),
+                    format!(
+                        "invalid cron expression `{text}`: {}",
+                        cron_reason(&e.to_string())
+                    ),
+                    hint(),
                 );
                 None
             }
@@ -951,8 +1017,9 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             }
             RawSink::Postgres(s) => {
                 let url = self.location(&s.url, &p.key("url"), &["postgres", "postgresql"], false);
+                // Defaults are valid by construction; only what the file says is checked.
                 let ident = |v: &Option<String>, default: String, key: &str, this: &mut Self| {
-                    let v = v.clone().unwrap_or(default);
+                    let Some(v) = v.clone() else { return default };
                     let ok = v
                         .chars()
                         .next()
@@ -976,7 +1043,10 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                     .tls
                     .as_ref()
                     .map_or((TlsMode::Prefer, None), |t| (t.mode, t.ca_file.clone()));
-                if ca_file.is_some() && matches!(tls, TlsMode::Disable) {
+                if ca_file.is_some()
+                    && matches!(tls, TlsMode::Disable)
+                    && !self.is_poisoned(&p.key("tls").key("mode"))
+                {
                     self.err(
                         &p.key("tls").key("ca_file"),
                         "invalid-value",
@@ -1010,7 +1080,9 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                     .key_prefix
                     .clone()
                     .unwrap_or_else(|| format!("propensity:{job}"));
-                if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+                if s.key_prefix.is_some()
+                    && (key_prefix.is_empty() || key_prefix.contains(char::is_whitespace))
+                {
                     self.err(
                         &p.key("key_prefix"),
                         "invalid-value",
@@ -1052,7 +1124,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                         continue;
                     };
                     if SECRET_HEADER_WORDS.iter().any(|w| lname.contains(w)) && !t.has_vars() {
-                        self.err(&hp, "literal-secret", format!("header `{name}` carries a credential written in the job file"), Some(format!("set it in an environment variable and write e.g. `{name} = \"Bearer ${{CRM_TOKEN}}\"`")));
+                        self.err(&hp, "literal-secret", format!("header `{name}` carries a credential written in the job file"), Some(if lname == "authorization" { format!("set it in an environment variable and write e.g. `{name} = \"Bearer ${{CRM_TOKEN}}\"`") } else { format!("set it in an environment variable and write e.g. `{name} = \"${{{}}}\"`", name.to_ascii_uppercase().replace('-', "_")) }));
                         continue;
                     }
                     headers.insert(name.clone(), t);
