@@ -31,6 +31,15 @@ fn scratch(tag: &str) -> PathBuf {
     d
 }
 
+/// A valid job with one Parquet sink, written as `ok.toml` in `dir`.
+fn valid_job(dir: &Path) -> PathBuf {
+    write_job(
+        dir,
+        "ok.toml",
+        &format!("{HEAD}[[sinks]]\ntype = \"parquet\"\nuri = \"out/\"\n"),
+    )
+}
+
 const HEAD: &str = r#"version = 1
 name = "secret-test"
 [source.events]
@@ -111,11 +120,7 @@ fn secrets_from_the_environment_never_appear_in_any_output() {
 #[test]
 fn bad_job_exits_2_and_valid_job_exits_0() {
     let dir = scratch("exit");
-    let ok = write_job(
-        &dir,
-        "ok.toml",
-        &format!("{HEAD}[[sinks]]\ntype = \"parquet\"\nuri = \"out/\"\n"),
-    );
+    let ok = valid_job(&dir);
     let bad = write_job(
         &dir,
         "bad.toml",
@@ -173,11 +178,7 @@ fn every_command_has_help_and_the_binary_a_version() {
 #[test]
 fn logs_follow_rust_log_and_log_format() {
     let dir = scratch("logs");
-    let ok = write_job(
-        &dir,
-        "ok.toml",
-        &format!("{HEAD}[[sinks]]\ntype = \"parquet\"\nuri = \"out/\"\n"),
-    );
+    let ok = valid_job(&dir);
     let o = bin()
         .env("RUST_LOG", "debug")
         .args(["--log-format", "json", "validate"])
