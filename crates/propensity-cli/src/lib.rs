@@ -14,7 +14,7 @@ use serde_json::json;
 /// Customer AI you run yourself: calibrated conversion and churn propensities with reasons,
 /// described as TOML jobs.
 #[derive(Debug, Parser)]
-#[command(name = "propensity", version, about, long_about = None, propagate_version = true)]
+#[command(name = "propensity", version, propagate_version = true)]
 pub struct Cli {
     /// Log line format on stderr (filter with RUST_LOG, e.g. `RUST_LOG=debug`).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
