@@ -141,6 +141,10 @@ impl<'a> LineIndex<'a> {
         (line + 1, col + 1)
     }
 
+    pub fn source(&self) -> &'a str {
+        self.text
+    }
+
     pub fn line_of(&self, offset: usize) -> usize {
         self.line_col(offset).0
     }

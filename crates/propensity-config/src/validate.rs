@@ -263,16 +263,38 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         })
     }
 
-    fn predicate(&mut self, text: &str, path: &KeyPath) -> Predicate {
-        if text.trim().is_empty() {
-            self.err(
-                path,
-                "empty-predicate",
-                "the predicate is empty",
-                Some("write a rule such as `event_type = 'test'`, or remove the key".to_owned()),
-            );
+    /// Parses a rule; a syntax error points at the offending character in the file when the
+    /// TOML string holds the rule verbatim (no escapes), else at the string.
+    fn predicate(&mut self, text: &str, path: &KeyPath) -> Option<Predicate> {
+        match propensity_core::expr::parse(text) {
+            Ok(expr) => Some(Predicate {
+                text: text.trim().to_owned(),
+                expr,
+            }),
+            Err(e) => {
+                if self.is_poisoned(path) {
+                    return None;
+                }
+                let span = self.loc.span(path);
+                let raw = self.lines.source().get(span.clone()).unwrap_or_default();
+                let verbatim = raw.len() == text.len() + 2
+                    && (raw.starts_with('"') || raw.starts_with('\''))
+                    && raw.get(1..raw.len() - 1) == Some(text);
+                let at = if verbatim {
+                    span.start + 1 + e.offset
+                } else {
+                    span.start
+                };
+                self.findings.push(Finding {
+                    span: at..at,
+                    path: path.clone(),
+                    code: "bad-rule",
+                    message: format!("invalid rule: {}", e.message),
+                    hint: Some("rules look like `percentile >= 80 AND loyalty_tier IN ('gold', 'silver') AND has_factor('days_since_last_purchase')`".to_owned()),
+                });
+                None
+            }
         }
-        Predicate(text.trim().to_owned())
     }
 
     /// A URL with a scheme from `allowed`, or a local path when `allow_path`. `${NAME}`
@@ -675,7 +697,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             Span::from_days(90),
             &p.key("active_within"),
         );
-        let mut pred = |v: Option<&String>, k: &str| v.map(|t| self.predicate(t, &p.key(k)));
+        let mut pred = |v: Option<&String>, k: &str| v.and_then(|t| self.predicate(t, &p.key(k)));
         Eligibility {
             active_within,
             include: pred(raw.and_then(|r| r.include.as_ref()), "include"),
@@ -750,7 +772,9 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             if !valid {
                 self.err(&cp, "bad-name", format!("`{name}` is not a valid custom event name"), Some("use lower-case letters, digits and `_`, starting with a letter; it becomes part of feature names".to_owned()));
             }
-            custom_events.insert(name.clone(), self.predicate(expr, &cp));
+            if let Some(pr) = self.predicate(expr, &cp) {
+                custom_events.insert(name.clone(), pr);
+            }
         }
         Features {
             lookback,
@@ -968,12 +992,14 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                     Some("a fraction such as 0.1 holds out 10 % of the segment".to_owned()),
                 );
             }
-            out.push(SegmentSpec {
-                name: s.name.clone(),
-                description: s.description.clone(),
-                rule: self.predicate(&s.rule, &sp.key("where")),
-                holdout,
-            });
+            if let Some(rule) = self.predicate(&s.rule, &sp.key("where")) {
+                out.push(SegmentSpec {
+                    name: s.name.clone(),
+                    description: s.description.clone(),
+                    rule,
+                    holdout,
+                });
+            }
         }
         out
     }

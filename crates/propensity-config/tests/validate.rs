@@ -42,6 +42,16 @@ fn the_spec_example_loads_with_its_values() {
         Some("0 0 4 * * Sun")
     );
     assert_eq!(job.segments[0].holdout, 0.10);
+    // Rules are parsed at validation time.
+    assert!(matches!(
+        job.segments[0].rule.expr,
+        propensity_core::expr::Expr::Compare { .. }
+    ));
+    assert!(matches!(
+        job.segments[1].rule.expr,
+        propensity_core::expr::Expr::And { .. }
+    ));
+    assert!(job.features.custom_events.contains_key("newsletter_signup"));
     let names: Vec<&str> = job.sinks.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["parquet", "postgres", "redis", "webhook"]);
     let SinkKind::Postgres(pg) = &job.sinks[1].kind else {

@@ -181,11 +181,19 @@ pub struct PluginGoal {
     pub params: serde_json::Map<String, serde_json::Value>,
 }
 
-/// A boolean expression over event fields or profile attributes, as written. Its grammar is
-/// that of segment rules.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Predicate(pub String);
+/// A boolean expression over event fields or profile attributes (see [`crate::expr`]), as
+/// written and parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predicate {
+    pub text: String,
+    pub expr: crate::expr::Expr,
+}
+
+impl Serialize for Predicate {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Eligibility {

@@ -12,6 +12,7 @@
 
 pub mod duration;
 pub mod enums;
+pub mod expr;
 pub mod job;
 pub mod secret;
 
