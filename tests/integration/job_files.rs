@@ -16,6 +16,14 @@ fn files_in(dir: &str, ext: &str) -> Vec<PathBuf> {
     v
 }
 
+/// `path` relative to the repository root, as the CLI output shows it.
+fn shown(path: &std::path::Path) -> String {
+    path.strip_prefix(repo_root())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
 #[test]
 fn every_example_job_is_valid() {
     let jobs = files_in("jobs", "toml");
@@ -31,11 +39,7 @@ fn every_example_job_is_valid() {
         out.stdout, out.stderr
     );
     for j in &jobs {
-        let name = j
-            .strip_prefix(repo_root())
-            .unwrap_or(j)
-            .display()
-            .to_string();
+        let name = shown(j);
         assert!(
             out.stdout.contains(&format!("ok: {name} ")),
             "{name} not reported valid:\n{}",
@@ -60,11 +64,7 @@ fn every_bad_job_fails_with_its_golden_message() {
     let mut failures = Vec::new();
     for file in &bad {
         let out = propensity(["validate".into(), file.clone().into_os_string()]);
-        let name = file
-            .strip_prefix(repo_root())
-            .unwrap_or(file)
-            .display()
-            .to_string();
+        let name = shown(file);
         if out.code != 2 {
             failures.push(format!(
                 "{name}: exit code {} (want 2)\n{}{}",

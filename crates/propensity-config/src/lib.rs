@@ -115,7 +115,7 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     // An unsupported version means the rest of the file follows other rules: say only that.
     if let Some((_, v)) = doc.get_ref().iter().find(|(k, _)| k.get_ref() == "version")
         && let DeValue::Integer(i) = v.get_ref()
-        && i.as_str() != JOB_VERSION.to_string()
+        && structure::int_value(v.get_ref()) != Some(i128::from(JOB_VERSION))
     {
         let f = Finding {
             span: v.span(),
@@ -137,8 +137,8 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     checker.check_document(&doc);
     let mut findings = checker.findings;
 
-    let mut table: toml::Table = match toml::from_str(text) {
-        Ok(t) => t,
+    let mut whole: toml::Value = match toml::from_str::<toml::Table>(text) {
+        Ok(t) => toml::Value::Table(t),
         Err(e) => {
             let f = Finding {
                 span: e.span().unwrap_or(0..0),
@@ -151,7 +151,6 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
             return Err(locate(file, &lines, findings));
         }
     };
-    let mut whole = toml::Value::Table(std::mem::take(&mut table));
     for p in &checker.unknown {
         edit_at(&mut whole, &p.0, &mut |t, k| {
             t.remove(k);
@@ -162,9 +161,9 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
             t.insert(k.to_owned(), v.clone());
         });
     }
-    if let toml::Value::Table(t) = whole {
-        table = t;
-    }
+    let toml::Value::Table(table) = whole else {
+        unreachable!("the document root is a table")
+    };
 
     let loc = validate::Locator::new(&doc);
     let poisoned: Vec<KeyPath> = checker
@@ -224,26 +223,25 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     let goal = goal.and_then(|g| sem.goal(&g, &root.key("goal")));
 
     macro_rules! optional {
-        ($key:literal, $ty:ty) => {{
-            let present = table.contains_key($key);
-            let v: Option<$ty> = typed(table.get($key), &root.key($key), &structural, &mut sem);
-            (present, v)
-        }};
+        ($key:literal, $ty:ty) => {
+            typed::<$ty>(table.get($key), &root.key($key), &structural, &mut sem)
+        };
     }
-    let (_, elig) = optional!("eligibility", RawEligibility);
+    let elig = optional!("eligibility", RawEligibility);
     let eligibility = sem.eligibility(elig.as_ref(), &root.key("eligibility"));
-    let (_, feat) = optional!("features", RawFeatures);
+    let feat = optional!("features", RawFeatures);
     let features = sem.features(feat.as_ref(), &root.key("features"));
-    let (_, model) = optional!("model", RawModel);
+    let model = optional!("model", RawModel);
     let model = sem.model(model.as_ref(), &root.key("model"));
-    let (_, out) = optional!("output", RawOutput);
+    let out = optional!("output", RawOutput);
     let output = sem.output(out.as_ref(), &root.key("output"));
-    let (has_sched, sched) = optional!("schedule", RawSchedule);
+    let sched = optional!("schedule", RawSchedule);
     let schedule = sched
         .as_ref()
         .and_then(|s| sem.schedule(s, &root.key("schedule")));
-    let (has_engine, eng) = optional!("engine", RawEngine);
-    let engine = if has_engine && eng.is_none() {
+    let eng = optional!("engine", RawEngine);
+    // An `[engine]` table that could not be read must not fall back to the default engine.
+    let engine = if table.contains_key("engine") && eng.is_none() {
         None
     } else {
         sem.engine(eng.as_ref(), &root.key("engine"))
@@ -354,7 +352,7 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
         sinks_ok,
     ) {
         (true, true, Some(name), Some(events), Some(goal), Some(engine), true, true)
-            if (!has_sched || schedule.is_some()) && (sources.is_some()) =>
+            if sched.is_none() || schedule.is_some() =>
         {
             Ok(Job {
                 version: JOB_VERSION,

@@ -61,7 +61,7 @@ fn matches_type(t: &str, v: &DeValue<'_>) -> bool {
 }
 
 /// The integer a TOML integer literal denotes, if it fits in i128.
-fn int_value(v: &DeValue<'_>) -> Option<i128> {
+pub(crate) fn int_value(v: &DeValue<'_>) -> Option<i128> {
     let DeValue::Integer(i) = v else { return None };
     let s: String = i.as_str().chars().filter(|c| *c != '_').collect();
     let (neg, digits) = match s.strip_prefix('-') {

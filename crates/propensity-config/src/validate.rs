@@ -25,11 +25,10 @@ impl<'d, 'i> Locator<'d, 'i> {
         Self { doc }
     }
 
-    fn node(&self, path: &KeyPath) -> (Range<usize>, Option<&'d DeValue<'i>>) {
+    pub fn span(&self, path: &KeyPath) -> Range<usize> {
         let mut span = self.doc.span();
         let mut table: Option<&'d DeTable<'i>> = Some(self.doc.get_ref());
         let mut array: Option<&'d [Spanned<DeValue<'i>>]> = None;
-        let mut value: Option<&'d DeValue<'i>> = None;
         for seg in &path.0 {
             let next = match seg {
                 Seg::Key(k) => {
@@ -38,18 +37,13 @@ impl<'d, 'i> Locator<'d, 'i> {
                 Seg::Index(i) => array.and_then(|a| a.get(*i)),
             };
             let Some(next) = next else {
-                return (span, None);
+                return span;
             };
             span = next.span();
-            value = Some(next.get_ref());
             table = next.get_ref().as_table();
             array = next.get_ref().as_array().map(|a| &a[..]);
         }
-        (span, value)
-    }
-
-    pub fn span(&self, path: &KeyPath) -> Range<usize> {
-        self.node(path).0
+        span
     }
 }
 

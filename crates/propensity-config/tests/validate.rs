@@ -180,3 +180,16 @@ fn every_diagnostic_points_into_the_file() {
     }
     assert_eq!(diags.len(), 2, "{diags:#?}");
 }
+
+#[test]
+fn the_version_is_compared_as_a_number() {
+    for one in ["+1", "0x1", "0o1", "1"] {
+        let text = SPEC.replace("version = 1\n", &format!("version = {one}\n"));
+        assert!(load_str(&text, "t.toml").is_ok(), "version = {one}");
+    }
+    let text = SPEC.replace("version = 1\n", "version = 0x2\n");
+    assert_eq!(
+        codes(&text),
+        [("version".to_owned(), "unsupported-version")]
+    );
+}

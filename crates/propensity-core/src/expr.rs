@@ -282,29 +282,25 @@ impl Parser {
         }
     }
 
-    fn or(&mut self) -> Result<Expr, ExprError> {
-        let mut left = self.and()?;
-        while is_kw(self.peek(), "or") {
+    /// `operand (KEYWORD operand)*`, folded to the left.
+    fn chain(
+        &mut self,
+        keyword: &str,
+        operand: fn(&mut Self) -> Result<Expr, ExprError>,
+        join: fn(Box<Expr>, Box<Expr>) -> Expr,
+    ) -> Result<Expr, ExprError> {
+        let mut left = operand(self)?;
+        while is_kw(self.peek(), keyword) {
             self.pos += 1;
-            let right = self.and()?;
-            left = Expr::Or {
-                left: Box::new(left),
-                right: Box::new(right),
-            };
+            left = join(Box::new(left), Box::new(operand(self)?));
         }
         Ok(left)
     }
+    fn or(&mut self) -> Result<Expr, ExprError> {
+        self.chain("or", Self::and, |left, right| Expr::Or { left, right })
+    }
     fn and(&mut self) -> Result<Expr, ExprError> {
-        let mut left = self.not()?;
-        while is_kw(self.peek(), "and") {
-            self.pos += 1;
-            let right = self.not()?;
-            left = Expr::And {
-                left: Box::new(left),
-                right: Box::new(right),
-            };
-        }
-        Ok(left)
+        self.chain("and", Self::not, |left, right| Expr::And { left, right })
     }
     fn not(&mut self) -> Result<Expr, ExprError> {
         if is_kw(self.peek(), "not") {
