@@ -2,6 +2,8 @@
 //! the library crates return. [`run`] is the whole program minus logging set-up, so tests
 //! drive it in process.
 
+mod data;
+
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,6 +62,60 @@ pub enum Command {
         #[arg(long, short, value_name = "FILE")]
         output: Option<PathBuf>,
     },
+    /// Read and check a job's data without training: the data-check report, eligible
+    /// profiles, positives and negatives per training cutoff, and whether there is enough
+    /// to train on (with concrete changes to the job when there is not).
+    ///
+    /// Exit status: 0 when the data checks pass (even if the data is insufficient: a run
+    /// then falls back to a simple model), 2 for a bad job or data that fails the checks,
+    /// 3 when a store or service fails.
+    #[command(name = "dry-run")]
+    DryRun {
+        /// The job file.
+        #[arg(value_name = "JOB")]
+        job: PathBuf,
+        /// The as-of time: RFC 3339 (`2026-11-29T03:00:00Z`) or a date (midnight UTC).
+        /// Default: now.
+        #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+        /// Also write the data-check report as JSON to this file.
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Write sample data: e-commerce events and profiles with a hidden propensity that drives
+    /// future behaviour, deterministic for a seed (for the demo, tests and benchmarks).
+    Generate {
+        /// Output directory: `events/`, `profiles/` and `truth/` are replaced there.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Number of profiles.
+        #[arg(long, default_value_t = 10_000)]
+        profiles: usize,
+        /// Scale activity so that about this many events are written.
+        #[arg(long, value_name = "M")]
+        events: Option<u64>,
+        /// Days of history before the end.
+        #[arg(long, default_value_t = 450)]
+        days: u32,
+        /// Random seed; the same seed and end give the same data.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Events end before this time (RFC 3339 or a date). Default: today, midnight UTC.
+        #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
+        end: Option<chrono::DateTime<chrono::Utc>>,
+        /// Write NDJSON (nested objects) instead of Parquet.
+        #[arg(long)]
+        ndjson: bool,
+        /// Events per file.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows_per_file: usize,
+        /// Events per Parquet row group.
+        #[arg(long, default_value_t = 131_072)]
+        row_group_size: usize,
+    },
 }
 
 /// Parses `args` (the first item is the program name) and runs the command.
@@ -89,6 +145,20 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let result = match cli.command {
         Command::Validate { paths, format } => validate(&paths, format, out, err),
         Command::Schema { output } => schema(output.as_deref(), out),
+        Command::DryRun { job, as_of, format, report } => {
+            data::dry_run(&job, as_of, format, report.as_deref(), out, err)
+        }
+        Command::Generate {
+            out: dir,
+            profiles,
+            events,
+            days,
+            seed,
+            end,
+            ndjson,
+            rows_per_file,
+            row_group_size,
+        } => data::generate(&dir, profiles, events, days, seed, end, ndjson, rows_per_file, row_group_size, out),
     };
     match result {
         Ok(code) => code,

@@ -79,6 +79,12 @@ pub struct RawEventSource {
     /// Object-store settings for this source.
     #[serde(default)]
     pub storage: Option<RawStorage>,
+    /// Largest fraction of events that may be set aside as invalid (null or unparseable id,
+    /// timestamp or event type; events in the future) or of values that may fail to convert
+    /// to the type a field needs, before the run fails (default 0.05).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_invalid_fraction: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

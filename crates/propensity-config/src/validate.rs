@@ -487,6 +487,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             columns,
             timestamp_format: e.timestamp_format.unwrap_or(TimestampFormat::Auto),
             storage,
+            max_invalid_fraction: e.max_invalid_fraction.unwrap_or(0.05),
         });
         let profiles = raw.profiles.as_ref().and_then(|pr| {
             let pp = p.key("profiles");

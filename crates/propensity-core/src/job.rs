@@ -104,6 +104,9 @@ pub struct EventSource {
     pub columns: EventColumns,
     pub timestamp_format: TimestampFormat,
     pub storage: StorageOptions,
+    /// Largest fraction of invalid events (or unconvertible values of one field) tolerated
+    /// before a run fails; below it they are set aside and counted.
+    pub max_invalid_fraction: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -1,0 +1,247 @@
+//! `propensity dry-run` and `propensity generate`: the commands over the data half of a run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDate, Utc};
+use propensity_core::{Domain, Job};
+use propensity_engine::checks::DataCheckReport;
+use propensity_engine::generate::{EventFormat, GenerateOptions};
+use propensity_engine::{Engine, EngineError, EngineOptions};
+use serde_json::json;
+
+use crate::{CliError, OutputFormat, io_error, user};
+
+/// Parses `--as-of` / `--end`: RFC 3339, or a date (midnight UTC).
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    if let Ok(d) = DateTime::parse_from_rfc3339(s) {
+        return Ok(d.with_timezone(&Utc));
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        && let Some(t) = d.and_hms_opt(0, 0, 0)
+    {
+        return Ok(t.and_utc());
+    }
+    Err(format!("`{s}` is not a time: write 2026-11-29 or 2026-11-29T03:00:00Z"))
+}
+
+/// Reads and validates a job file; problems are printed as `validate` prints them.
+pub fn load_job(path: &Path, err: &mut dyn Write) -> Result<(Job, PathBuf), CliError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| user(anyhow::anyhow!("cannot read `{shown}`: {e}")))?;
+    match propensity_config::load_str(&text, &shown) {
+        Ok(job) => {
+            let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+            Ok((job, dir))
+        }
+        Err(diags) => {
+            for d in &diags {
+                let _ = writeln!(err, "{d}");
+            }
+            Err(user(anyhow::anyhow!("`{shown}` is not a valid job ({} problem(s)); see `propensity validate`", diags.len())))
+        }
+    }
+}
+
+pub fn engine_error(e: EngineError) -> CliError {
+    let mut msg = e.message.clone();
+    if let Some(h) = &e.hint {
+        msg.push_str("\n  hint: ");
+        msg.push_str(h);
+    }
+    CliError { domain: e.domain, error: anyhow::anyhow!(msg) }
+}
+
+pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError { domain: Domain::Internal, error: anyhow::anyhow!("cannot start the runtime: {e}") })
+}
+
+pub fn dry_run(
+    job_path: &Path,
+    as_of: Option<DateTime<Utc>>,
+    format: OutputFormat,
+    report_path: Option<&Path>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let (job, dir) = load_job(job_path, err)?;
+    let as_of = as_of.unwrap_or_else(Utc::now);
+    let opts = EngineOptions::from_job(&job, &dir).map_err(engine_error)?;
+    let rt = runtime()?;
+    let loaded = rt.block_on(async {
+        let engine = Engine::new(opts)?;
+        engine.load(&job, &dir, as_of).await
+    });
+    let loaded = loaded.map_err(engine_error)?;
+    let spec = loaded.feature_spec();
+    let report = &loaded.report;
+    if let Some(p) = report_path {
+        let text = serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
+        write_atomic(p, text.as_bytes()).map_err(|e| io_error(anyhow::anyhow!("cannot write `{}`: {e}", p.display())))?;
+    }
+    let w = |r: std::io::Result<()>| r.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")));
+    match format {
+        OutputFormat::Json => {
+            let doc = json!({ "data_checks": report, "features": spec.catalogue.features });
+            w(writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default()))?;
+        }
+        OutputFormat::Text => w(write_text(report, &spec.catalogue, out))?,
+    }
+    Ok(if report.passed { 0 } else { Domain::User.exit_code() })
+}
+
+fn n(v: u64) -> String {
+    let s = v.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn write_text(r: &DataCheckReport, catalogue: &propensity_engine::Catalogue, out: &mut dyn Write) -> std::io::Result<()> {
+    let e = &r.events;
+    let c = &e.counts;
+    writeln!(out, "dry-run: {} as of {}", r.job, r.as_of)?;
+    writeln!(out)?;
+    writeln!(out, "events      {} ({}, {} file{})", e.source, e.format, e.files, if e.files == 1 { "" } else { "s" })?;
+    writeln!(out, "  rows read              {}", n(c.rows_read))?;
+    writeln!(out, "  kept                   {} events of {} profiles", n(c.events_kept), n(c.profiles))?;
+    writeln!(
+        out,
+        "  invalid, set aside     {} ({:.2} %, limit {:.2} %): {} without profile id, {} without timestamp, {} unparseable timestamp, {} without event type, {} in the future",
+        n(c.invalid()),
+        e.invalid_fraction * 100.0,
+        e.max_invalid_fraction * 100.0,
+        n(c.null_profile_id),
+        n(c.null_timestamp),
+        n(c.unparseable_timestamp),
+        n(c.null_event_type),
+        n(c.future_events)
+    )?;
+    writeln!(out, "  excluded by the job    {}", n(c.excluded_events))?;
+    writeln!(out, "  duplicates removed     {}", n(c.duplicate_events))?;
+    writeln!(out, "  outside the run        {} older than needed, {} at or after the as-of time", n(c.before_horizon), n(c.after_as_of))?;
+    for u in &c.unconvertible_values {
+        writeln!(out, "  not a number           {} of {} values of `{}`", n(u.unconvertible), n(u.present), u.field)?;
+    }
+    let h = &r.history;
+    writeln!(
+        out,
+        "  history                {} .. {}; needed from {} ({:.0} of {:.0} days covered)",
+        h.first_event.as_deref().unwrap_or("-"),
+        h.last_event.as_deref().unwrap_or("-"),
+        h.needed_from,
+        h.covered_days,
+        h.needed_days
+    )?;
+    let types: Vec<String> = c.event_types.iter().take(12).map(|(t, k)| format!("{t} {}", n(*k))).collect();
+    writeln!(out, "  event types            {}{}", types.join(", "), if c.event_types.len() > 12 { ", …" } else { "" })?;
+    if let Some(p) = &r.profiles {
+        writeln!(
+            out,
+            "profiles    {}: {} rows, {} profiles matched, {} without a row, attributes: {}",
+            p.source.as_deref().unwrap_or("-"),
+            n(p.rows_read),
+            n(p.matched),
+            n(p.without_row),
+            p.attributes.join(", ")
+        )?;
+    }
+    if !r.cutoffs.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "{:<22} {:>10} {:>10} {:>10} {:>8}", "training cutoff", "eligible", "positives", "negatives", "rate")?;
+        for row in &r.cutoffs {
+            let k = row.counts;
+            let rate = if k.eligible > 0 { k.positives as f64 / k.eligible as f64 * 100.0 } else { 0.0 };
+            writeln!(out, "{:<22} {:>10} {:>10} {:>10} {:>7.1}%", row.cutoff, n(k.eligible), n(k.positives), n(k.negatives), rate)?;
+        }
+        writeln!(out, "{:<22} {:>10}", format!("{} (scoring)", &r.as_of[..10]), n(r.scoring_eligible))?;
+    }
+    writeln!(out)?;
+    writeln!(out, "features    {} (point-in-time, from events before each cutoff)", catalogue.len())?;
+    if let Some(s) = &r.sufficiency {
+        writeln!(out, "verdict     {}", s.verdict)?;
+        if !s.suggestions.is_empty() {
+            writeln!(out, "suggestions (counts over the training cutoffs with the change applied):")?;
+            for g in &s.suggestions {
+                writeln!(
+                    out,
+                    "  {:<48} {} positives, {} negatives{}  ({})",
+                    g.change,
+                    n(g.positives),
+                    n(g.negatives),
+                    if g.sufficient { ", enough" } else { ", still short" },
+                    g.note
+                )?;
+            }
+        }
+    }
+    for f in &r.problems {
+        writeln!(out, "error[{}]: {}\n  hint: {}", f.code, f.message, f.hint)?;
+    }
+    for f in &r.warnings {
+        writeln!(out, "warning[{}]: {}\n  hint: {}", f.code, f.message, f.hint)?;
+    }
+    writeln!(out, "data checks {}", if r.passed { "passed" } else { "FAILED" })?;
+    Ok(())
+}
+
+/// Writes next to the target, then renames: a reader never sees half a file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn generate(
+    out_dir: &Path,
+    profiles: usize,
+    events: Option<u64>,
+    days: u32,
+    seed: u64,
+    end: Option<DateTime<Utc>>,
+    ndjson: bool,
+    rows_per_file: usize,
+    row_group_size: usize,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let end = end.unwrap_or_else(|| {
+        let now = Utc::now();
+        now.date_naive().and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc())
+    });
+    let mut opts = GenerateOptions::new(out_dir, profiles, end);
+    opts.days = days;
+    opts.seed = seed;
+    opts.target_events = events;
+    opts.format = if ndjson { EventFormat::Ndjson } else { EventFormat::Parquet };
+    opts.rows_per_file = rows_per_file.max(1);
+    opts.row_group_size = row_group_size.max(1);
+    let s = propensity_engine::generate::generate(&opts)
+        .map_err(|e| io_error(anyhow::anyhow!("cannot write sample data: {e}")))?;
+    writeln!(
+        out,
+        "wrote {} events of {} profiles ({} .. {}) in {} file(s) under {}",
+        n(s.events),
+        n(s.profiles as u64),
+        s.first_event,
+        s.end,
+        s.files,
+        s.out.display()
+    )
+    .map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?;
+    Ok(0)
+}

@@ -1,0 +1,343 @@
+//! The data-check report: what the sources held, what was set aside and why, whether the
+//! history covers what the job needs, and whether there is enough to train on. Written as
+//! JSON; `propensity dry-run` prints it for people.
+
+use serde::Serialize;
+
+use crate::dataset::{CutoffCounts, CutoffPlan, LabelRule, label_counts};
+use crate::events::{EventStore, MICROS_PER_DAY, ScanCounts};
+use crate::profiles::{ProfileCounts, ProfileTable};
+use crate::rfc3339;
+
+/// A problem (the run cannot go on) or a warning (it can, but look).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Finding {
+    pub code: &'static str,
+    pub message: String,
+    pub hint: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EventsSection {
+    pub source: String,
+    pub format: String,
+    pub files: usize,
+    #[serde(flatten)]
+    pub counts: ScanCounts,
+    /// Invalid rows (null/unparseable id, time or type; future events) over rows read.
+    pub invalid_fraction: f64,
+    pub max_invalid_fraction: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct History {
+    pub first_event: Option<String>,
+    pub last_event: Option<String>,
+    /// Earliest event the job reads: oldest cutoff − lookback (or active_within if longer).
+    pub needed_from: String,
+    pub needed_until: String,
+    pub covered_days: f64,
+    pub needed_days: f64,
+    /// The data reaches back far enough for the oldest cutoff's full lookback.
+    pub covers_lookback: bool,
+    /// Days between the last event and the as-of time (a late export shows here).
+    pub days_without_events_before_as_of: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CutoffRow {
+    pub cutoff: String,
+    #[serde(flatten)]
+    pub counts: CutoffCounts,
+}
+
+/// A change to the job and what it would give.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suggestion {
+    /// As it would be written in the job file: `goal.window = "60d"`.
+    pub change: String,
+    pub positives: u64,
+    pub negatives: u64,
+    pub sufficient: bool,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Sufficiency {
+    pub positives: u64,
+    pub negatives: u64,
+    pub min_positives: u32,
+    pub min_negatives: u32,
+    pub sufficient: bool,
+    /// Set when insufficient: the job falls back to a simple ranking model.
+    pub verdict: String,
+    pub suggestions: Vec<Suggestion>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DataCheckReport {
+    pub job: String,
+    pub as_of: String,
+    pub checked_at: String,
+    pub events: EventsSection,
+    pub profiles: Option<ProfileCounts>,
+    pub history: History,
+    /// Training cutoffs (newest first), then the scoring cutoff (positives and negatives 0).
+    pub cutoffs: Vec<CutoffRow>,
+    pub scoring_eligible: u64,
+    pub sufficiency: Option<Sufficiency>,
+    pub features: usize,
+    pub problems: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    pub passed: bool,
+}
+
+fn days(us: i64) -> f64 {
+    us as f64 / MICROS_PER_DAY as f64
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2} %", x * 100.0)
+}
+
+/// Checks the scan against the job's thresholds; returns problems and warnings.
+pub fn evaluate(events: &EventsSection, profiles: Option<&ProfileCounts>, history: &History) -> (Vec<Finding>, Vec<Finding>) {
+    let c = &events.counts;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let max = events.max_invalid_fraction;
+    if c.rows_read == 0 {
+        problems.push(Finding {
+            code: "no-events",
+            message: format!("`{}` holds no events", events.source),
+            hint: "check source.events.uri; the files are there but empty".into(),
+        });
+    }
+    if events.invalid_fraction > max {
+        let mut causes = Vec::new();
+        let mut hints = Vec::new();
+        if c.null_profile_id > 0 {
+            causes.push(format!("{} without a profile id", c.null_profile_id));
+            hints.push("map source.events.columns.profile_id to the column that always holds the id");
+        }
+        if c.null_timestamp > 0 {
+            causes.push(format!("{} without a timestamp", c.null_timestamp));
+            hints.push("check source.events.columns.timestamp");
+        }
+        if c.unparseable_timestamp > 0 {
+            causes.push(format!(
+                "{} with an unparseable timestamp (e.g. {})",
+                c.unparseable_timestamp,
+                c.unparseable_timestamp_examples.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ")
+            ));
+            hints.push("write RFC 3339 times (2026-05-01T12:00:00Z) or set source.events.timestamp_format");
+        }
+        if c.null_event_type > 0 {
+            causes.push(format!("{} without an event type", c.null_event_type));
+            hints.push("check source.events.columns.event_type");
+        }
+        if c.future_events > 0 {
+            causes.push(format!("{} in the future", c.future_events));
+            hints.push("check the clock and time zone of the exporter: times must be UTC or carry an offset");
+        }
+        problems.push(Finding {
+            code: "invalid-events",
+            message: format!(
+                "{} of {} events in `{}` are invalid ({}), above the limit of {}: {}",
+                c.invalid(),
+                c.rows_read,
+                events.source,
+                pct(events.invalid_fraction),
+                pct(max),
+                causes.join("; ")
+            ),
+            hint: format!(
+                "{}; or raise source.events.max_invalid_fraction if these rows may be ignored",
+                hints.join("; ")
+            ),
+        });
+    } else if c.invalid() > 0 {
+        warnings.push(Finding {
+            code: "invalid-events",
+            message: format!("{} of {} events set aside as invalid ({})", c.invalid(), c.rows_read, pct(events.invalid_fraction)),
+            hint: "see the counts per reason in this report".into(),
+        });
+    }
+    for u in &c.unconvertible_values {
+        if u.unconvertible == 0 {
+            continue;
+        }
+        let frac = u.unconvertible as f64 / u.present.max(1) as f64;
+        let f = Finding {
+            code: "unconvertible-values",
+            message: format!(
+                "field `{}` in `{}`: {} of {} values are not numbers ({})",
+                u.field, events.source, u.unconvertible, u.present, pct(frac)
+            ),
+            hint: "the field is used as a number (numeric_fields or a numeric condition): fix the data, or use another field".into(),
+        };
+        if frac > max { problems.push(f) } else { warnings.push(f) }
+    }
+    if c.duplicate_events > 0 {
+        warnings.push(Finding {
+            code: "duplicate-events",
+            message: format!("{} exact duplicate events removed", c.duplicate_events),
+            hint: "duplicates usually come from overlapping exports; they were counted once".into(),
+        });
+    }
+    if c.rows_read > 0 && c.events_kept == 0 {
+        problems.push(Finding {
+            code: "no-events-in-range",
+            message: format!(
+                "no usable events between {} and {} (the as-of time)",
+                history.needed_from, history.needed_until
+            ),
+            hint: format!(
+                "the data covers {} to {}: pass --as-of within it",
+                history.first_event.as_deref().unwrap_or("?"),
+                history.last_event.as_deref().unwrap_or("?")
+            ),
+        });
+    }
+    if !history.covers_lookback && c.events_kept > 0 {
+        warnings.push(Finding {
+            code: "short-history",
+            message: format!(
+                "the events start at {}, after {} where the oldest cutoff's lookback begins ({:.0} of {:.0} days covered)",
+                history.first_event.as_deref().unwrap_or("?"),
+                history.needed_from,
+                history.covered_days,
+                history.needed_days
+            ),
+            hint: "older cutoffs see less history than newer ones; use fewer snapshots or a shorter lookback, or load older data".into(),
+        });
+    }
+    if let Some(gap) = history.days_without_events_before_as_of
+        && gap > 2.0
+    {
+        warnings.push(Finding {
+            code: "stale-data",
+            message: format!("the last event is {gap:.1} days before the as-of time {}", history.needed_until),
+            hint: "labels of the latest cutoff miss the events not exported yet: pass --as-of at the end of the data, or check the export".into(),
+        });
+    }
+    if let Some(p) = profiles
+        && p.rows_read > 0
+        && p.without_row > 0
+    {
+        warnings.push(Finding {
+            code: "profiles-without-attributes",
+            message: format!("{} profiles with events have no row in `{}`", p.without_row, p.source.as_deref().unwrap_or("the profiles table")),
+            hint: "their attributes are treated as missing".into(),
+        });
+    }
+    (problems, warnings)
+}
+
+pub fn history(counts: &ScanCounts, first: Option<i64>, last: Option<i64>, plan: &CutoffPlan) -> History {
+    let needed_from = plan.needed_from();
+    History {
+        first_event: counts.first_event.clone(),
+        last_event: counts.last_event.clone(),
+        needed_from: rfc3339(needed_from),
+        needed_until: rfc3339(plan.as_of),
+        covered_days: match (first, last) {
+            (Some(f), Some(l)) => days(l.min(plan.as_of) - f.max(needed_from)).max(0.0),
+            _ => 0.0,
+        },
+        needed_days: days(plan.as_of - needed_from),
+        covers_lookback: first.is_some_and(|f| f <= needed_from),
+        days_without_events_before_as_of: last.map(|l| days(plan.as_of - l).max(0.0)),
+    }
+}
+
+/// Positives and negatives over the stacked training cutoffs, against the job's minimums,
+/// with concrete changes that would help when they fall short.
+#[allow(clippy::too_many_arguments)]
+pub fn sufficiency(
+    store: &EventStore,
+    profiles: &ProfileTable,
+    plan: &CutoffPlan,
+    rule: LabelRule,
+    per_cutoff: &[CutoffCounts],
+    min_positives: u32,
+    min_negatives: u32,
+    first_event: Option<i64>,
+    kept_from: i64,
+) -> Sufficiency {
+    let pos: u64 = per_cutoff.iter().map(|c| c.positives).sum();
+    let neg: u64 = per_cutoff.iter().map(|c| c.negatives).sum();
+    let ok = |p: u64, n: u64| p >= u64::from(min_positives) && n >= u64::from(min_negatives);
+    let sufficient = ok(pos, neg);
+    let mut suggestions = Vec::new();
+    if !sufficient {
+        let earliest = first_event.unwrap_or(plan.as_of).max(kept_from);
+        let try_plan = |window: i64, snapshots: usize, active_within: i64, rule: LabelRule| -> Option<(u64, u64)> {
+            let p = CutoffPlan::new(plan.as_of, window, plan.stride, snapshots as u32, plan.lookback, active_within);
+            // Only what the data can support: eligibility at the oldest cutoff needs events.
+            if p.oldest() - active_within < earliest || p.oldest() <= earliest {
+                return None;
+            }
+            let counts = label_counts(store, profiles, &p.training, window, active_within, rule);
+            Some((counts.iter().map(|c| c.positives).sum(), counts.iter().map(|c| c.negatives).sum()))
+        };
+        let k = plan.training.len();
+        let span = |us: i64| propensity_core::Span::from_secs((us / 1_000_000).max(1) as u64).to_string();
+        let mut add = |change: String, r: Option<(u64, u64)>, note: &str| {
+            if let Some((p, n)) = r {
+                suggestions.push(Suggestion { change, positives: p, negatives: n, sufficient: ok(p, n), note: note.into() });
+            }
+        };
+        if k < 52 {
+            let k2 = (k * 2).min(52);
+            add(format!("model.snapshots = {k2}"), try_plan(plan.window, k2, plan.active_within, rule), "more training cutoffs from older history");
+        }
+        add(
+            format!("goal.window = \"{}\"", span(plan.window * 2)),
+            try_plan(plan.window * 2, k, plan.active_within, rule),
+            "a longer outcome window: more profiles reach the goal",
+        );
+        if plan.window >= 2 * MICROS_PER_DAY {
+            add(
+                format!("goal.window = \"{}\"", span(plan.window / 2)),
+                try_plan(plan.window / 2, k, plan.active_within, rule),
+                "a shorter outcome window: fewer profiles reach the goal",
+            );
+        }
+        add(
+            format!("eligibility.active_within = \"{}\"", span(plan.active_within * 2)),
+            try_plan(plan.window, k, plan.active_within * 2, rule),
+            "a wider eligibility: more profiles per cutoff",
+        );
+        if rule.min_count > 1 {
+            let r1 = LabelRule { min_count: 1, ..rule };
+            add("goal.min_count = 1".into(), try_plan(plan.window, k, plan.active_within, r1), "one matching event is enough");
+        }
+        if k < 52 {
+            let k2 = (k * 2).min(52);
+            add(
+                format!("model.snapshots = {k2} and goal.window = \"{}\"", span(plan.window * 2)),
+                try_plan(plan.window * 2, k2, plan.active_within, rule),
+                "both",
+            );
+        }
+        // Helpful first: the ones that reach the minimums, then by the scarcer class.
+        suggestions.sort_by_key(|s| (!s.sufficient, std::cmp::Reverse(s.positives.min(s.negatives))));
+    }
+    let verdict = if sufficient {
+        format!("sufficient: {pos} positives and {neg} negatives (minimums {min_positives} and {min_negatives})")
+    } else {
+        let mut short = Vec::new();
+        if pos < u64::from(min_positives) {
+            short.push(format!("{pos} positives (minimum {min_positives})"));
+        }
+        if neg < u64::from(min_negatives) {
+            short.push(format!("{neg} negatives (minimum {min_negatives})"));
+        }
+        format!(
+            "insufficient: {}; a run would fall back to a simple ranking model and mark scores confidence = low",
+            short.join(" and ")
+        )
+    };
+    Sufficiency { positives: pos, negatives: neg, min_positives, min_negatives, sufficient, verdict, suggestions }
+}

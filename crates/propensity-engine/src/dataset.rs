@@ -1,0 +1,263 @@
+//! Cutoffs, eligibility, labels and the feature rows of every snapshot.
+//!
+//! As-of time `T`; training cutoffs `C_k = T − window − k·stride` for `k = 0..snapshots`.
+//! A profile is eligible at cutoff `c` when it has an event in `[c − active_within, c)` and
+//! passes the include/exclude rules. Its label at a training cutoff comes from the goal's
+//! events in `[c, c + window)` (half-open: an event exactly at `c + window` belongs to the
+//! next window). Features come only from events before `c` (see [`crate::features`]).
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use propensity_core::enums::Outcome;
+use propensity_core::{Goal, Job};
+use serde::Serialize;
+
+use crate::events::{EventStore, GOAL_BIT};
+use crate::features::{Catalogue, FeatureSpec, Scratch};
+use crate::profiles::ProfileTable;
+
+/// The cutoffs of one run, in microseconds (UTC).
+#[derive(Debug, Clone, Serialize)]
+pub struct CutoffPlan {
+    pub as_of: i64,
+    /// Newest first: `training[0]` is the validation cutoff.
+    pub training: Vec<i64>,
+    pub window: i64,
+    pub stride: i64,
+    pub lookback: i64,
+    pub active_within: i64,
+}
+
+impl CutoffPlan {
+    pub fn new(as_of: i64, window: i64, stride: i64, snapshots: u32, lookback: i64, active_within: i64) -> Self {
+        let training = (0..i64::from(snapshots)).map(|k| as_of - window - k * stride).collect();
+        Self { as_of, training, window, stride, lookback, active_within }
+    }
+
+    pub fn from_job(job: &Job, as_of: i64) -> Self {
+        let us = |s: propensity_core::Span| s.as_secs() as i64 * 1_000_000;
+        Self::new(
+            as_of,
+            us(job.goal.window()),
+            us(job.model.snapshot_stride),
+            job.model.snapshots,
+            us(job.features.lookback),
+            us(job.eligibility.active_within),
+        )
+    }
+
+    pub fn oldest(&self) -> i64 {
+        self.training.last().copied().unwrap_or(self.as_of)
+    }
+
+    /// The earliest event time this plan reads.
+    pub fn needed_from(&self) -> i64 {
+        self.oldest() - self.lookback.max(self.active_within)
+    }
+}
+
+/// The goal as a labelling rule over the store's goal flag.
+#[derive(Debug, Clone, Copy)]
+pub struct LabelRule {
+    pub outcome: Outcome,
+    pub min_count: u32,
+}
+
+impl LabelRule {
+    pub fn from_job(job: &Job) -> Option<Self> {
+        match &job.goal {
+            Goal::Conditions(g) => Some(Self { outcome: g.outcome, min_count: g.min_count }),
+            Goal::Plugin(_) => None,
+        }
+    }
+
+    /// Label of profile `p` at cutoff `c`: goal events in `[c, c + window)`.
+    pub fn label(&self, store: &EventStore, p: usize, c: i64, window: i64) -> bool {
+        let r = store.range(p);
+        let ts = &store.ts[r.clone()];
+        let lo = ts.partition_point(|&t| t < c);
+        let hi = ts.partition_point(|&t| t < c + window);
+        let hits = store.flags[r.start + lo..r.start + hi].iter().filter(|f| **f & GOAL_BIT != 0).count();
+        let occurred = hits >= self.min_count as usize;
+        match self.outcome {
+            Outcome::WillOccur => occurred,
+            Outcome::WillNotOccur => !occurred,
+        }
+    }
+}
+
+/// Whether profile `p` is scored (or trained on) at cutoff `c`.
+pub fn eligible(store: &EventStore, profiles: &ProfileTable, p: usize, c: i64, active_within: i64) -> bool {
+    if !profiles.include[p] || profiles.exclude[p] {
+        return false;
+    }
+    let ts = &store.ts[store.range(p)];
+    let i = ts.partition_point(|&t| t < c);
+    i > 0 && ts[i - 1] >= c - active_within
+}
+
+/// Rows of one cutoff: eligible profiles, their labels (training only) and features.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub cutoff: i64,
+    pub training: bool,
+    /// Profile indices into the store, ascending.
+    pub rows: Vec<u32>,
+    /// One per row for training snapshots (1 = positive); empty for scoring.
+    pub labels: Vec<u8>,
+    /// `rows.len() × width`, row-major.
+    pub values: Vec<f32>,
+    pub width: usize,
+}
+
+impl Snapshot {
+    pub fn positives(&self) -> usize {
+        self.labels.iter().filter(|l| **l == 1).count()
+    }
+    pub fn negatives(&self) -> usize {
+        self.labels.len() - self.positives()
+    }
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+
+    /// The snapshot as an Arrow batch: `profile_id`, `cutoff`, `label` (null when scoring),
+    /// then one Float32 column per feature (NaN where missing).
+    pub fn to_record_batch(&self, catalogue: &Catalogue, store: &EventStore) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let mut fields = vec![
+            Field::new("profile_id", DataType::Utf8, false),
+            Field::new("cutoff", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new("label", DataType::Boolean, true),
+        ];
+        fields.extend(catalogue.features.iter().map(|f| Field::new(&f.name, DataType::Float32, false)));
+        let n = self.rows.len();
+        let mut cols: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(self.rows.iter().map(|&p| store.profile_ids[p as usize].as_str()))),
+            Arc::new(TimestampMicrosecondArray::from(vec![self.cutoff; n]).with_timezone("UTC")),
+            Arc::new(if self.training {
+                BooleanArray::from(self.labels.iter().map(|l| Some(*l == 1)).collect::<Vec<_>>())
+            } else {
+                BooleanArray::from(vec![None; n])
+            }),
+        ];
+        for j in 0..self.width {
+            cols.push(Arc::new(Float32Array::from_iter_values((0..n).map(|i| self.values[i * self.width + j]))));
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
+    }
+}
+
+/// Training snapshots (newest cutoff first) and the scoring snapshot at the as-of time.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    pub training: Vec<Snapshot>,
+    pub scoring: Snapshot,
+}
+
+/// Eligible profiles and labels at one cutoff.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct CutoffCounts {
+    pub eligible: u64,
+    pub positives: u64,
+    pub negatives: u64,
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16)
+}
+
+/// Splits `0..n` into contiguous chunks, one per thread, and runs `f` on each.
+fn par_chunks<T: Send>(n: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync) -> Vec<T> {
+    let t = threads().min(n.max(1));
+    let size = n.div_ceil(t).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..t)
+            .map(|i| {
+                let f = &f;
+                s.spawn(move || f(i * size..((i + 1) * size).min(n)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(v) => v,
+                Err(e) => std::panic::resume_unwind(e),
+            })
+            .collect()
+    })
+}
+
+/// Eligible / positive / negative counts per cutoff, without computing features.
+pub fn label_counts(store: &EventStore, profiles: &ProfileTable, cutoffs: &[i64], window: i64, active_within: i64, rule: LabelRule) -> Vec<CutoffCounts> {
+    let parts = par_chunks(store.profiles(), |range| {
+        let mut c = vec![CutoffCounts { eligible: 0, positives: 0, negatives: 0 }; cutoffs.len()];
+        for p in range {
+            for (k, &cut) in cutoffs.iter().enumerate() {
+                if eligible(store, profiles, p, cut, active_within) {
+                    c[k].eligible += 1;
+                    if rule.label(store, p, cut, window) {
+                        c[k].positives += 1;
+                    } else {
+                        c[k].negatives += 1;
+                    }
+                }
+            }
+        }
+        c
+    });
+    let mut total = vec![CutoffCounts { eligible: 0, positives: 0, negatives: 0 }; cutoffs.len()];
+    for part in parts {
+        for (t, c) in total.iter_mut().zip(part) {
+            t.eligible += c.eligible;
+            t.positives += c.positives;
+            t.negatives += c.negatives;
+        }
+    }
+    total
+}
+
+/// Builds every snapshot in one pass over the profiles: for each profile, all training
+/// cutoffs and the scoring cutoff are computed from the same grouped events.
+pub fn build(store: &EventStore, profiles: &ProfileTable, spec: &FeatureSpec, plan: &CutoffPlan, rule: LabelRule) -> Dataset {
+    let width = spec.len();
+    let mut cutoffs: Vec<(i64, bool)> = plan.training.iter().map(|c| (*c, true)).collect();
+    cutoffs.push((plan.as_of, false));
+    let parts = par_chunks(store.profiles(), |range| {
+        let mut scratch = Scratch::default();
+        let mut snaps: Vec<Snapshot> = cutoffs
+            .iter()
+            .map(|&(cutoff, training)| Snapshot { cutoff, training, rows: Vec::new(), labels: Vec::new(), values: Vec::new(), width })
+            .collect();
+        let mut row = vec![0f32; width];
+        for p in range {
+            for s in snaps.iter_mut() {
+                if !eligible(store, profiles, p, s.cutoff, plan.active_within) {
+                    continue;
+                }
+                spec.compute(store, profiles, p, s.cutoff, &mut scratch, &mut row);
+                s.rows.push(p as u32);
+                s.values.extend_from_slice(&row);
+                if s.training {
+                    s.labels.push(u8::from(rule.label(store, p, s.cutoff, plan.window)));
+                }
+            }
+        }
+        snaps
+    });
+    let mut merged: Vec<Snapshot> = cutoffs
+        .iter()
+        .map(|&(cutoff, training)| Snapshot { cutoff, training, rows: Vec::new(), labels: Vec::new(), values: Vec::new(), width })
+        .collect();
+    for part in parts {
+        for (m, s) in merged.iter_mut().zip(part) {
+            m.rows.extend(s.rows);
+            m.labels.extend(s.labels);
+            m.values.extend(s.values);
+        }
+    }
+    let scoring = merged.pop().unwrap_or(Snapshot { cutoff: plan.as_of, training: false, rows: vec![], labels: vec![], values: vec![], width });
+    Dataset { training: merged, scoring }
+}

@@ -1,0 +1,410 @@
+//! Opening a job's sources: a location (path, glob or URL) becomes an object store registered
+//! with DataFusion and a listing table in the right format; field paths (`identityMap.ECID`)
+//! become DataFusion expressions over that table's schema.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::prelude::{DataFrame, Expr, SessionContext, ident};
+use object_store::ObjectStore;
+use propensity_core::enums::DataFormat;
+use propensity_core::{Domain, FieldPath, Location, Scheme, StorageOptions};
+use url::Url;
+
+use crate::EngineError;
+
+/// Looks up `${NAME}` references (the process environment in production, a map in tests).
+pub type EnvLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// A source opened as a DataFusion table.
+#[derive(Debug)]
+pub struct OpenedSource {
+    /// The location as the user wrote it (no secrets: templates are never resolved here).
+    pub display: String,
+    pub format: DataFormat,
+    pub frame: DataFrame,
+    /// Number of files the listing found.
+    pub files: usize,
+}
+
+const GLOB_CHARS: [char; 3] = ['*', '?', '['];
+
+/// Registers the store for `location` and opens it as a table. `what` names the job field
+/// (`source.events`) for error messages.
+pub async fn open(
+    ctx: &SessionContext,
+    location: &Location,
+    format: Option<DataFormat>,
+    storage: &StorageOptions,
+    job_dir: &Path,
+    env: &EnvLookup,
+    what: &str,
+) -> Result<OpenedSource, EngineError> {
+    let display = location.uri.as_written().to_owned();
+    let resolved = location
+        .uri
+        .resolve(|k| env(k))
+        .map_err(|e| EngineError::user(format!("{what}.uri: {e}")))?;
+    let text = resolved.expose().to_owned();
+    let (table_url, scheme) = listing_url(&text, location.scheme, job_dir)
+        .map_err(|m| EngineError::user(format!("{what}.uri `{display}`: {m}")))?;
+    let format = match format {
+        Some(f) => f,
+        None => infer_format(&text).ok_or_else(|| {
+            EngineError::user(format!(
+                "{what}.format: cannot infer the format of `{display}` from its extension"
+            ))
+            .hint("set `format = \"parquet\"`, `\"csv\"` or `\"ndjson\"`")
+        })?,
+    };
+    if !matches!(scheme, Scheme::Path | Scheme::File) {
+        let store = build_store(scheme, table_url.get_url(), storage, env)
+            .map_err(|m| EngineError::user(format!("{what}.storage: {m}")))?;
+        let base = Url::parse(&table_url.get_url()[..url::Position::BeforePath])
+            .map_err(|e| EngineError::internal(format!("store url: {e}")))?;
+        ctx.register_object_store(&base, store);
+    }
+    let (file_format, ext): (Arc<dyn FileFormat>, &str) = match format {
+        DataFormat::Parquet => (Arc::new(ParquetFormat::default()), ".parquet"),
+        DataFormat::Csv => (Arc::new(CsvFormat::default().with_has_header(true)), ".csv"),
+        DataFormat::Ndjson => (Arc::new(JsonFormat::default()), ""),
+    };
+    // A directory lists only files of the format's extension (skips `_SUCCESS` markers and
+    // the like); an explicit file or glob is taken as written.
+    let ext = if table_url.is_collection() && table_url.get_glob().is_none() {
+        ext
+    } else {
+        ""
+    };
+    let options = ListingOptions::new(file_format).with_file_extension(ext);
+    let state = ctx.state();
+    let files = {
+        use futures::TryStreamExt;
+        let store = ctx
+            .runtime_env()
+            .object_store(table_url.object_store())
+            .map_err(|e| EngineError::internal(format!("{what}: {e}")))?;
+        let listed: Vec<_> = table_url
+            .list_all_files(&state, store.as_ref(), ext)
+            .await
+            .map_err(|e| list_error(e, what, &display))?
+            .try_collect()
+            .await
+            .map_err(|e| list_error(e, what, &display))?;
+        listed.len()
+    };
+    if files == 0 {
+        return Err(EngineError::user(format!(
+            "{what}.uri `{display}`: no {} files found there",
+            format_name(format)
+        ))
+        .hint("check the path (relative paths start at the job file's directory) and the format"));
+    }
+    let config = ListingTableConfig::new(table_url)
+        .with_listing_options(options)
+        .infer_schema(&state)
+        .await
+        .map_err(|e| {
+            EngineError::user(format!(
+                "{what}.uri `{display}`: cannot read the {} schema: {}",
+                format_name(format),
+                crate::df_message(&e)
+            ))
+        })?;
+    let table = ListingTable::try_new(config)
+        .map_err(|e| EngineError::internal(format!("{what}: {}", crate::df_message(&e))))?;
+    let frame = ctx
+        .read_table(Arc::new(table))
+        .map_err(|e| EngineError::internal(format!("{what}: {}", crate::df_message(&e))))?;
+    Ok(OpenedSource {
+        display,
+        format,
+        frame,
+        files,
+    })
+}
+
+fn list_error(e: datafusion::error::DataFusionError, what: &str, display: &str) -> EngineError {
+    let msg = crate::df_message(&e);
+    let domain = if msg.contains("NotFound") || msg.contains("not found") {
+        Domain::User
+    } else {
+        Domain::External
+    };
+    EngineError::new(domain, format!("{what}.uri `{display}`: cannot list files: {msg}"))
+}
+
+pub fn format_name(f: DataFormat) -> &'static str {
+    match f {
+        DataFormat::Parquet => "Parquet",
+        DataFormat::Csv => "CSV",
+        DataFormat::Ndjson => "NDJSON",
+    }
+}
+
+/// The format from the extension of the last path segment (`events/*.parquet` too).
+pub fn infer_format(uri: &str) -> Option<DataFormat> {
+    let last = uri.trim_end_matches('/').rsplit('/').next()?;
+    let ext = last.rsplit_once('.')?.1.to_ascii_lowercase();
+    match ext.as_str() {
+        "parquet" | "pq" => Some(DataFormat::Parquet),
+        "csv" => Some(DataFormat::Csv),
+        "json" | "ndjson" | "jsonl" => Some(DataFormat::Ndjson),
+        _ => None,
+    }
+}
+
+/// Splits a location into DataFusion's listing URL (base + glob) and the actual scheme.
+fn listing_url(text: &str, written: Scheme, job_dir: &Path) -> Result<(ListingTableUrl, Scheme), String> {
+    let scheme = match written {
+        Scheme::FromEnv => scheme_of(text)?,
+        s => s,
+    };
+    if scheme == Scheme::Path {
+        let p = Path::new(text);
+        let abs: PathBuf = if p.is_absolute() { p.to_owned() } else { job_dir.join(p) };
+        let mut s = abs.to_string_lossy().into_owned();
+        if text.ends_with('/') && !s.ends_with('/') {
+            s.push('/');
+        }
+        let url = ListingTableUrl::parse(&s).map_err(|e| crate::df_message(&e))?;
+        return Ok((url, scheme));
+    }
+    // URLs: DataFusion expands globs only in paths, so split `base/` and `glob` here.
+    let (base, glob) = match text.find(GLOB_CHARS) {
+        Some(i) => {
+            let cut = text[..i].rfind('/').map(|j| j + 1).ok_or("a glob needs a directory before it")?;
+            (&text[..cut], Some(&text[cut..]))
+        }
+        None => (text, None),
+    };
+    let url = Url::parse(base).map_err(|e| format!("not a valid URL: {e}"))?;
+    let glob = glob
+        .map(|g| glob::Pattern::new(g).map_err(|e| format!("bad glob `{g}`: {e}")))
+        .transpose()?;
+    let url = ListingTableUrl::try_new(url, glob).map_err(|e| crate::df_message(&e))?;
+    Ok((url, scheme))
+}
+
+fn scheme_of(text: &str) -> Result<Scheme, String> {
+    let Some((s, _)) = text.split_once("://") else {
+        return Ok(Scheme::Path);
+    };
+    Ok(match s {
+        "file" => Scheme::File,
+        "s3" | "s3a" => Scheme::S3,
+        "gs" => Scheme::Gs,
+        "az" | "abfs" | "abfss" | "azure" => Scheme::Az,
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        other => return Err(format!("unsupported URL scheme `{other}`")),
+    })
+}
+
+/// Builds the object store for a URL. Job settings win over the standard environment
+/// variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), which are read as the base.
+fn build_store(
+    scheme: Scheme,
+    url: &Url,
+    storage: &StorageOptions,
+    env: &EnvLookup,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let mut opts = std::collections::BTreeMap::new();
+    for (k, t) in &storage.options {
+        let v = t.resolve(|k| env(k)).map_err(|e| format!("{k}: {e}"))?;
+        opts.insert(k.as_str(), v);
+    }
+    let get = |k: &str| opts.get(k).map(|s| s.expose().to_owned());
+    let flag = |k: &str| get(k).is_some_and(|v| v == "true");
+    let host = url.host_str().unwrap_or_default().to_owned();
+    Ok(match scheme {
+        Scheme::S3 => {
+            use object_store::aws::AmazonS3Builder;
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(&host);
+            if let Some(v) = get("region") {
+                b = b.with_region(v);
+            }
+            if let Some(v) = get("endpoint") {
+                // Custom endpoints (MinIO, emulators) use path-style requests unless told otherwise.
+                b = b.with_endpoint(v).with_virtual_hosted_style_request(flag("virtual_hosted_style"));
+            } else if flag("virtual_hosted_style") {
+                b = b.with_virtual_hosted_style_request(true);
+            }
+            if let Some(v) = get("access_key_id") {
+                b = b.with_access_key_id(v);
+            }
+            if let Some(v) = get("secret_access_key") {
+                b = b.with_secret_access_key(v);
+            }
+            if let Some(v) = get("session_token") {
+                b = b.with_token(v);
+            }
+            if flag("allow_http") {
+                b = b.with_allow_http(true);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        Scheme::Gs => {
+            use object_store::gcp::GoogleCloudStorageBuilder;
+            let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(&host);
+            if let Some(v) = get("service_account_key") {
+                b = if v.trim_start().starts_with('{') {
+                    b.with_service_account_key(v)
+                } else {
+                    b.with_service_account_path(v)
+                };
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        Scheme::Az => {
+            use object_store::azure::MicrosoftAzureBuilder;
+            let mut b = MicrosoftAzureBuilder::from_env().with_url(url.as_str());
+            if let Some(v) = get("account_name") {
+                b = b.with_account(v);
+            }
+            if let Some(v) = get("account_key") {
+                b = b.with_access_key(v);
+            }
+            if let Some(v) = get("sas_token") {
+                let pairs: Vec<(String, String)> = url::form_urlencoded::parse(v.trim_start_matches('?').as_bytes())
+                    .into_owned()
+                    .collect();
+                b = b.with_sas_authorization(pairs);
+            }
+            if let Some(v) = get("endpoint") {
+                b = b.with_endpoint(v);
+            }
+            if flag("allow_http") {
+                b = b.with_allow_http(true);
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        Scheme::Http | Scheme::Https => {
+            use object_store::http::HttpBuilder;
+            let base = &url[..url::Position::BeforePath];
+            let mut client = object_store::ClientOptions::new().with_allow_http(scheme == Scheme::Http);
+            if let Some(token) = get("bearer_token") {
+                let mut headers = http::HeaderMap::new();
+                let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| "bearer_token: not a valid header value".to_owned())?;
+                headers.insert(http::header::AUTHORIZATION, value);
+                client = client.with_default_headers(headers);
+            }
+            Arc::new(
+                HttpBuilder::new()
+                    .with_url(base)
+                    .with_client_options(client)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        Scheme::Path | Scheme::File | Scheme::FromEnv => {
+            return Err("internal: local paths use the default store".into());
+        }
+    })
+}
+
+/// A field of a table: a DataFusion expression and the Arrow type it has.
+#[derive(Debug, Clone)]
+pub struct ResolvedField {
+    pub expr: Expr,
+    pub data_type: DataType,
+}
+
+/// Resolves a dotted path: a top-level column literally named `a.b` (CSV headers, flattened
+/// exports) wins; otherwise the path walks into structs.
+pub fn resolve_field(schema: &Schema, path: &FieldPath) -> Result<ResolvedField, String> {
+    let full = path.to_string();
+    if let Ok(f) = schema.field_with_name(&full) {
+        return Ok(ResolvedField {
+            expr: ident(full),
+            data_type: f.data_type().clone(),
+        });
+    }
+    let parts = &path.0;
+    let first = schema.field_with_name(&parts[0]).map_err(|_| {
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        not_found(&parts[0], &names, "column")
+    })?;
+    let mut expr = ident(parts[0].clone());
+    let mut ty = first.data_type().clone();
+    for (i, part) in parts.iter().enumerate().skip(1) {
+        let DataType::Struct(children) = &ty else {
+            return Err(format!(
+                "`{}` is a {} column, not a struct, so it has no field `{part}`",
+                parts[..i].join("."),
+                type_name(&ty)
+            ));
+        };
+        let child: &Field = children.iter().find(|f| f.name() == part).ok_or_else(|| {
+            let names: Vec<&str> = children.iter().map(|f| f.name().as_str()).collect();
+            not_found(part, &names, &format!("field of `{}`", parts[..i].join(".")))
+        })?;
+        expr = datafusion::functions::core::expr_fn::get_field(expr, part.as_str());
+        ty = child.data_type().clone();
+    }
+    Ok(ResolvedField { expr, data_type: ty })
+}
+
+fn not_found(name: &str, names: &[&str], what: &str) -> String {
+    let close = names
+        .iter()
+        .filter(|n| n.eq_ignore_ascii_case(name) || strsim_close(n, name))
+        .copied()
+        .collect::<Vec<_>>();
+    let mut m = format!("no {what} `{name}`");
+    if let Some(c) = close.first() {
+        m.push_str(&format!("; did you mean `{c}`?"));
+    }
+    let shown: Vec<&str> = names.iter().take(20).copied().collect();
+    m.push_str(&format!(" (found: {}{})", shown.join(", "), if names.len() > 20 { ", …" } else { "" }));
+    m
+}
+
+fn strsim_close(a: &str, b: &str) -> bool {
+    // Small edit distance, case-insensitive: a typo or a case slip.
+    let a: Vec<char> = a.to_lowercase().chars().collect();
+    let b: Vec<char> = b.to_lowercase().chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()] <= 2.max(a.len().min(b.len()) / 4)
+}
+
+/// A short, user-facing name for an Arrow type.
+pub fn type_name(t: &DataType) -> String {
+    match t {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Boolean => "boolean".into(),
+        DataType::Struct(_) => "struct".into(),
+        DataType::List(_) | DataType::LargeList(_) | DataType::ListView(_) => "list".into(),
+        DataType::Timestamp(..) => "timestamp".into(),
+        DataType::Date32 | DataType::Date64 => "date".into(),
+        t if t.is_integer() => "integer".into(),
+        t if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) => {
+            "number".into()
+        }
+        t => t.to_string(),
+    }
+}
+
+pub fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+pub fn is_numeric(t: &DataType) -> bool {
+    t.is_numeric()
+}
