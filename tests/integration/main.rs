@@ -1,3 +1,5 @@
 //! Propensity's integration tests, one binary. Each module is one subject.
 
+mod data;
 mod job_files;
+mod support;

@@ -22,24 +22,34 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     {
         return Ok(t.and_utc());
     }
-    Err(format!("`{s}` is not a time: write 2026-11-29 or 2026-11-29T03:00:00Z"))
+    Err(format!(
+        "`{s}` is not a time: write 2026-11-29 or 2026-11-29T03:00:00Z"
+    ))
 }
 
 /// Reads and validates a job file; problems are printed as `validate` prints them.
 pub fn load_job(path: &Path, err: &mut dyn Write) -> Result<(Job, PathBuf), CliError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| user(anyhow::anyhow!("cannot read `{shown}`: {e}")))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| user(anyhow::anyhow!("cannot read `{shown}`: {e}")))?;
     match propensity_config::load_str(&text, &shown) {
         Ok(job) => {
             let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            let dir = if dir.as_os_str().is_empty() { PathBuf::from(".") } else { dir };
+            let dir = if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            };
             Ok((job, dir))
         }
         Err(diags) => {
             for d in &diags {
                 let _ = writeln!(err, "{d}");
             }
-            Err(user(anyhow::anyhow!("`{shown}` is not a valid job ({} problem(s)); see `propensity validate`", diags.len())))
+            Err(user(anyhow::anyhow!(
+                "`{shown}` is not a valid job ({} problem(s)); see `propensity validate`",
+                diags.len()
+            )))
         }
     }
 }
@@ -50,14 +60,20 @@ pub fn engine_error(e: EngineError) -> CliError {
         msg.push_str("\n  hint: ");
         msg.push_str(h);
     }
-    CliError { domain: e.domain, error: anyhow::anyhow!(msg) }
+    CliError {
+        domain: e.domain,
+        error: anyhow::anyhow!(msg),
+    }
 }
 
 pub fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| CliError { domain: Domain::Internal, error: anyhow::anyhow!("cannot start the runtime: {e}") })
+        .map_err(|e| CliError {
+            domain: Domain::Internal,
+            error: anyhow::anyhow!("cannot start the runtime: {e}"),
+        })
 }
 
 pub fn dry_run(
@@ -81,17 +97,28 @@ pub fn dry_run(
     let report = &loaded.report;
     if let Some(p) = report_path {
         let text = serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
-        write_atomic(p, text.as_bytes()).map_err(|e| io_error(anyhow::anyhow!("cannot write `{}`: {e}", p.display())))?;
+        write_atomic(p, text.as_bytes())
+            .map_err(|e| io_error(anyhow::anyhow!("cannot write `{}`: {e}", p.display())))?;
     }
-    let w = |r: std::io::Result<()>| r.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")));
+    let w = |r: std::io::Result<()>| {
+        r.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))
+    };
     match format {
         OutputFormat::Json => {
             let doc = json!({ "data_checks": report, "features": spec.catalogue.features });
-            w(writeln!(out, "{}", serde_json::to_string_pretty(&doc).unwrap_or_default()))?;
+            w(writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            ))?;
         }
         OutputFormat::Text => w(write_text(report, &spec.catalogue, out))?,
     }
-    Ok(if report.passed { 0 } else { Domain::User.exit_code() })
+    Ok(if report.passed {
+        0
+    } else {
+        Domain::User.exit_code()
+    })
 }
 
 fn n(v: u64) -> String {
@@ -106,14 +133,30 @@ fn n(v: u64) -> String {
     out
 }
 
-fn write_text(r: &DataCheckReport, catalogue: &propensity_engine::Catalogue, out: &mut dyn Write) -> std::io::Result<()> {
+fn write_text(
+    r: &DataCheckReport,
+    catalogue: &propensity_engine::Catalogue,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
     let e = &r.events;
     let c = &e.counts;
     writeln!(out, "dry-run: {} as of {}", r.job, r.as_of)?;
     writeln!(out)?;
-    writeln!(out, "events      {} ({}, {} file{})", e.source, e.format, e.files, if e.files == 1 { "" } else { "s" })?;
+    writeln!(
+        out,
+        "events      {} ({}, {} file{})",
+        e.source,
+        e.format,
+        e.files,
+        if e.files == 1 { "" } else { "s" }
+    )?;
     writeln!(out, "  rows read              {}", n(c.rows_read))?;
-    writeln!(out, "  kept                   {} events of {} profiles", n(c.events_kept), n(c.profiles))?;
+    writeln!(
+        out,
+        "  kept                   {} events of {} profiles",
+        n(c.events_kept),
+        n(c.profiles)
+    )?;
     writeln!(
         out,
         "  invalid, set aside     {} ({:.2} %, limit {:.2} %): {} without profile id, {} without timestamp, {} unparseable timestamp, {} without event type, {} in the future",
@@ -128,9 +171,20 @@ fn write_text(r: &DataCheckReport, catalogue: &propensity_engine::Catalogue, out
     )?;
     writeln!(out, "  excluded by the job    {}", n(c.excluded_events))?;
     writeln!(out, "  duplicates removed     {}", n(c.duplicate_events))?;
-    writeln!(out, "  outside the run        {} older than needed, {} at or after the as-of time", n(c.before_horizon), n(c.after_as_of))?;
+    writeln!(
+        out,
+        "  outside the run        {} older than needed, {} at or after the as-of time",
+        n(c.before_horizon),
+        n(c.after_as_of)
+    )?;
     for u in &c.unconvertible_values {
-        writeln!(out, "  not a number           {} of {} values of `{}`", n(u.unconvertible), n(u.present), u.field)?;
+        writeln!(
+            out,
+            "  not a number           {} of {} values of `{}`",
+            n(u.unconvertible),
+            n(u.present),
+            u.field
+        )?;
     }
     let h = &r.history;
     writeln!(
@@ -142,8 +196,22 @@ fn write_text(r: &DataCheckReport, catalogue: &propensity_engine::Catalogue, out
         h.covered_days,
         h.needed_days
     )?;
-    let types: Vec<String> = c.event_types.iter().take(12).map(|(t, k)| format!("{t} {}", n(*k))).collect();
-    writeln!(out, "  event types            {}{}", types.join(", "), if c.event_types.len() > 12 { ", …" } else { "" })?;
+    let types: Vec<String> = c
+        .event_types
+        .iter()
+        .take(12)
+        .map(|(t, k)| format!("{t} {}", n(*k)))
+        .collect();
+    writeln!(
+        out,
+        "  event types            {}{}",
+        types.join(", "),
+        if c.event_types.len() > 12 {
+            ", …"
+        } else {
+            ""
+        }
+    )?;
     if let Some(p) = &r.profiles {
         writeln!(
             out,
@@ -157,20 +225,48 @@ fn write_text(r: &DataCheckReport, catalogue: &propensity_engine::Catalogue, out
     }
     if !r.cutoffs.is_empty() {
         writeln!(out)?;
-        writeln!(out, "{:<22} {:>10} {:>10} {:>10} {:>8}", "training cutoff", "eligible", "positives", "negatives", "rate")?;
+        writeln!(
+            out,
+            "{:<22} {:>10} {:>10} {:>10} {:>8}",
+            "training cutoff", "eligible", "positives", "negatives", "rate"
+        )?;
         for row in &r.cutoffs {
             let k = row.counts;
-            let rate = if k.eligible > 0 { k.positives as f64 / k.eligible as f64 * 100.0 } else { 0.0 };
-            writeln!(out, "{:<22} {:>10} {:>10} {:>10} {:>7.1}%", row.cutoff, n(k.eligible), n(k.positives), n(k.negatives), rate)?;
+            let rate = if k.eligible > 0 {
+                k.positives as f64 / k.eligible as f64 * 100.0
+            } else {
+                0.0
+            };
+            writeln!(
+                out,
+                "{:<22} {:>10} {:>10} {:>10} {:>7.1}%",
+                row.cutoff,
+                n(k.eligible),
+                n(k.positives),
+                n(k.negatives),
+                rate
+            )?;
         }
-        writeln!(out, "{:<22} {:>10}", format!("{} (scoring)", &r.as_of[..10]), n(r.scoring_eligible))?;
+        writeln!(
+            out,
+            "{:<22} {:>10}",
+            format!("{} (scoring)", &r.as_of[..10]),
+            n(r.scoring_eligible)
+        )?;
     }
     writeln!(out)?;
-    writeln!(out, "features    {} (point-in-time, from events before each cutoff)", catalogue.len())?;
+    writeln!(
+        out,
+        "features    {} (point-in-time, from events before each cutoff)",
+        catalogue.len()
+    )?;
     if let Some(s) = &r.sufficiency {
         writeln!(out, "verdict     {}", s.verdict)?;
         if !s.suggestions.is_empty() {
-            writeln!(out, "suggestions (counts over the training cutoffs with the change applied):")?;
+            writeln!(
+                out,
+                "suggestions (counts over the training cutoffs with the change applied):"
+            )?;
             for g in &s.suggestions {
                 writeln!(
                     out,
@@ -178,7 +274,11 @@ fn write_text(r: &DataCheckReport, catalogue: &propensity_engine::Catalogue, out
                     g.change,
                     n(g.positives),
                     n(g.negatives),
-                    if g.sufficient { ", enough" } else { ", still short" },
+                    if g.sufficient {
+                        ", enough"
+                    } else {
+                        ", still short"
+                    },
                     g.note
                 )?;
             }
@@ -188,9 +288,17 @@ fn write_text(r: &DataCheckReport, catalogue: &propensity_engine::Catalogue, out
         writeln!(out, "error[{}]: {}\n  hint: {}", f.code, f.message, f.hint)?;
     }
     for f in &r.warnings {
-        writeln!(out, "warning[{}]: {}\n  hint: {}", f.code, f.message, f.hint)?;
+        writeln!(
+            out,
+            "warning[{}]: {}\n  hint: {}",
+            f.code, f.message, f.hint
+        )?;
     }
-    writeln!(out, "data checks {}", if r.passed { "passed" } else { "FAILED" })?;
+    writeln!(
+        out,
+        "data checks {}",
+        if r.passed { "passed" } else { "FAILED" }
+    )?;
     Ok(())
 }
 
@@ -221,13 +329,19 @@ pub fn generate(
 ) -> Result<i32, CliError> {
     let end = end.unwrap_or_else(|| {
         let now = Utc::now();
-        now.date_naive().and_hms_opt(0, 0, 0).map_or(now, |t| t.and_utc())
+        now.date_naive()
+            .and_hms_opt(0, 0, 0)
+            .map_or(now, |t| t.and_utc())
     });
     let mut opts = GenerateOptions::new(out_dir, profiles, end);
     opts.days = days;
     opts.seed = seed;
     opts.target_events = events;
-    opts.format = if ndjson { EventFormat::Ndjson } else { EventFormat::Parquet };
+    opts.format = if ndjson {
+        EventFormat::Ndjson
+    } else {
+        EventFormat::Parquet
+    };
     opts.rows_per_file = rows_per_file.max(1);
     opts.row_group_size = row_group_size.max(1);
     let s = propensity_engine::generate::generate(&opts)

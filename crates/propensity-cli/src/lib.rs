@@ -145,9 +145,12 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let result = match cli.command {
         Command::Validate { paths, format } => validate(&paths, format, out, err),
         Command::Schema { output } => schema(output.as_deref(), out),
-        Command::DryRun { job, as_of, format, report } => {
-            data::dry_run(&job, as_of, format, report.as_deref(), out, err)
-        }
+        Command::DryRun {
+            job,
+            as_of,
+            format,
+            report,
+        } => data::dry_run(&job, as_of, format, report.as_deref(), out, err),
         Command::Generate {
             out: dir,
             profiles,
@@ -158,7 +161,18 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             ndjson,
             rows_per_file,
             row_group_size,
-        } => data::generate(&dir, profiles, events, days, seed, end, ndjson, rows_per_file, row_group_size, out),
+        } => data::generate(
+            &dir,
+            profiles,
+            events,
+            days,
+            seed,
+            end,
+            ndjson,
+            rows_per_file,
+            row_group_size,
+            out,
+        ),
     };
     match result {
         Ok(code) => code,

@@ -101,7 +101,11 @@ fn pct(x: f64) -> String {
 }
 
 /// Checks the scan against the job's thresholds; returns problems and warnings.
-pub fn evaluate(events: &EventsSection, profiles: Option<&ProfileCounts>, history: &History) -> (Vec<Finding>, Vec<Finding>) {
+pub fn evaluate(
+    events: &EventsSection,
+    profiles: Option<&ProfileCounts>,
+    history: &History,
+) -> (Vec<Finding>, Vec<Finding>) {
     let c = &events.counts;
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
@@ -118,7 +122,9 @@ pub fn evaluate(events: &EventsSection, profiles: Option<&ProfileCounts>, histor
         let mut hints = Vec::new();
         if c.null_profile_id > 0 {
             causes.push(format!("{} without a profile id", c.null_profile_id));
-            hints.push("map source.events.columns.profile_id to the column that always holds the id");
+            hints.push(
+                "map source.events.columns.profile_id to the column that always holds the id",
+            );
         }
         if c.null_timestamp > 0 {
             causes.push(format!("{} without a timestamp", c.null_timestamp));
@@ -128,9 +134,15 @@ pub fn evaluate(events: &EventsSection, profiles: Option<&ProfileCounts>, histor
             causes.push(format!(
                 "{} with an unparseable timestamp (e.g. {})",
                 c.unparseable_timestamp,
-                c.unparseable_timestamp_examples.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join(", ")
+                c.unparseable_timestamp_examples
+                    .iter()
+                    .map(|e| format!("{e:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
-            hints.push("write RFC 3339 times (2026-05-01T12:00:00Z) or set source.events.timestamp_format");
+            hints.push(
+                "write RFC 3339 times (2026-05-01T12:00:00Z) or set source.events.timestamp_format",
+            );
         }
         if c.null_event_type > 0 {
             causes.push(format!("{} without an event type", c.null_event_type));
@@ -159,7 +171,12 @@ pub fn evaluate(events: &EventsSection, profiles: Option<&ProfileCounts>, histor
     } else if c.invalid() > 0 {
         warnings.push(Finding {
             code: "invalid-events",
-            message: format!("{} of {} events set aside as invalid ({})", c.invalid(), c.rows_read, pct(events.invalid_fraction)),
+            message: format!(
+                "{} of {} events set aside as invalid ({})",
+                c.invalid(),
+                c.rows_read,
+                pct(events.invalid_fraction)
+            ),
             hint: "see the counts per reason in this report".into(),
         });
     }
@@ -176,7 +193,11 @@ pub fn evaluate(events: &EventsSection, profiles: Option<&ProfileCounts>, histor
             ),
             hint: "the field is used as a number (numeric_fields or a numeric condition): fix the data, or use another field".into(),
         };
-        if frac > max { problems.push(f) } else { warnings.push(f) }
+        if frac > max {
+            problems.push(f)
+        } else {
+            warnings.push(f)
+        }
     }
     if c.duplicate_events > 0 {
         warnings.push(Finding {
@@ -227,14 +248,23 @@ pub fn evaluate(events: &EventsSection, profiles: Option<&ProfileCounts>, histor
     {
         warnings.push(Finding {
             code: "profiles-without-attributes",
-            message: format!("{} profiles with events have no row in `{}`", p.without_row, p.source.as_deref().unwrap_or("the profiles table")),
+            message: format!(
+                "{} profiles with events have no row in `{}`",
+                p.without_row,
+                p.source.as_deref().unwrap_or("the profiles table")
+            ),
             hint: "their attributes are treated as missing".into(),
         });
     }
     (problems, warnings)
 }
 
-pub fn history(counts: &ScanCounts, first: Option<i64>, last: Option<i64>, plan: &CutoffPlan) -> History {
+pub fn history(
+    counts: &ScanCounts,
+    first: Option<i64>,
+    last: Option<i64>,
+    plan: &CutoffPlan,
+) -> History {
     let needed_from = plan.needed_from();
     History {
         first_event: counts.first_event.clone(),
@@ -272,25 +302,50 @@ pub fn sufficiency(
     let mut suggestions = Vec::new();
     if !sufficient {
         let earliest = first_event.unwrap_or(plan.as_of).max(kept_from);
-        let try_plan = |window: i64, snapshots: usize, active_within: i64, rule: LabelRule| -> Option<(u64, u64)> {
-            let p = CutoffPlan::new(plan.as_of, window, plan.stride, snapshots as u32, plan.lookback, active_within);
+        let try_plan = |window: i64,
+                        snapshots: usize,
+                        active_within: i64,
+                        rule: LabelRule|
+         -> Option<(u64, u64)> {
+            let p = CutoffPlan::new(
+                plan.as_of,
+                window,
+                plan.stride,
+                snapshots as u32,
+                plan.lookback,
+                active_within,
+            );
             // Only what the data can support: eligibility at the oldest cutoff needs events.
             if p.oldest() - active_within < earliest || p.oldest() <= earliest {
                 return None;
             }
             let counts = label_counts(store, profiles, &p.training, window, active_within, rule);
-            Some((counts.iter().map(|c| c.positives).sum(), counts.iter().map(|c| c.negatives).sum()))
+            Some((
+                counts.iter().map(|c| c.positives).sum(),
+                counts.iter().map(|c| c.negatives).sum(),
+            ))
         };
         let k = plan.training.len();
-        let span = |us: i64| propensity_core::Span::from_secs((us / 1_000_000).max(1) as u64).to_string();
+        let span =
+            |us: i64| propensity_core::Span::from_secs((us / 1_000_000).max(1) as u64).to_string();
         let mut add = |change: String, r: Option<(u64, u64)>, note: &str| {
             if let Some((p, n)) = r {
-                suggestions.push(Suggestion { change, positives: p, negatives: n, sufficient: ok(p, n), note: note.into() });
+                suggestions.push(Suggestion {
+                    change,
+                    positives: p,
+                    negatives: n,
+                    sufficient: ok(p, n),
+                    note: note.into(),
+                });
             }
         };
         if k < 52 {
             let k2 = (k * 2).min(52);
-            add(format!("model.snapshots = {k2}"), try_plan(plan.window, k2, plan.active_within, rule), "more training cutoffs from older history");
+            add(
+                format!("model.snapshots = {k2}"),
+                try_plan(plan.window, k2, plan.active_within, rule),
+                "more training cutoffs from older history",
+            );
         }
         add(
             format!("goal.window = \"{}\"", span(plan.window * 2)),
@@ -305,27 +360,52 @@ pub fn sufficiency(
             );
         }
         add(
-            format!("eligibility.active_within = \"{}\"", span(plan.active_within * 2)),
+            format!(
+                "eligibility.active_within = \"{}\"",
+                span(plan.active_within * 2)
+            ),
             try_plan(plan.window, k, plan.active_within * 2, rule),
             "a wider eligibility: more profiles per cutoff",
         );
         if rule.min_count > 1 {
-            let r1 = LabelRule { min_count: 1, ..rule };
-            add("goal.min_count = 1".into(), try_plan(plan.window, k, plan.active_within, r1), "one matching event is enough");
+            let r1 = LabelRule {
+                min_count: 1,
+                ..rule
+            };
+            add(
+                "goal.min_count = 1".into(),
+                try_plan(plan.window, k, plan.active_within, r1),
+                "one matching event is enough",
+            );
         }
         if k < 52 {
             let k2 = (k * 2).min(52);
             add(
-                format!("model.snapshots = {k2} and goal.window = \"{}\"", span(plan.window * 2)),
+                format!(
+                    "model.snapshots = {k2} and goal.window = \"{}\"",
+                    span(plan.window * 2)
+                ),
                 try_plan(plan.window * 2, k2, plan.active_within, rule),
                 "both",
             );
         }
-        // Helpful first: the ones that reach the minimums, then by the scarcer class.
-        suggestions.sort_by_key(|s| (!s.sufficient, std::cmp::Reverse(s.positives.min(s.negatives))));
+        // Only changes that help the scarcer class; those that reach the minimums first.
+        let score = |p: u64, n: u64| {
+            (p as f64 / f64::from(min_positives.max(1)))
+                .min(n as f64 / f64::from(min_negatives.max(1)))
+        };
+        let now = score(pos, neg);
+        suggestions.retain(|s| score(s.positives, s.negatives) > now);
+        suggestions.sort_by(|a, b| {
+            b.sufficient
+                .cmp(&a.sufficient)
+                .then(score(b.positives, b.negatives).total_cmp(&score(a.positives, a.negatives)))
+        });
     }
     let verdict = if sufficient {
-        format!("sufficient: {pos} positives and {neg} negatives (minimums {min_positives} and {min_negatives})")
+        format!(
+            "sufficient: {pos} positives and {neg} negatives (minimums {min_positives} and {min_negatives})"
+        )
     } else {
         let mut short = Vec::new();
         if pos < u64::from(min_positives) {
@@ -339,5 +419,13 @@ pub fn sufficiency(
             short.join(" and ")
         )
     };
-    Sufficiency { positives: pos, negatives: neg, min_positives, min_negatives, sufficient, verdict, suggestions }
+    Sufficiency {
+        positives: pos,
+        negatives: neg,
+        min_positives,
+        min_negatives,
+        sufficient,
+        verdict,
+        suggestions,
+    }
 }

@@ -79,12 +79,18 @@ impl Compiler {
 
     fn boolean(&mut self, p: &P, fields: &dyn Fields) -> Result<Expr, String> {
         Ok(match p {
-            P::And { left, right } => self.boolean(left, fields)?.and(self.boolean(right, fields)?),
+            P::And { left, right } => self
+                .boolean(left, fields)?
+                .and(self.boolean(right, fields)?),
             P::Or { left, right } => self.boolean(left, fields)?.or(self.boolean(right, fields)?),
             P::Not { expr } => Expr::Not(Box::new(coalesce_false(self.boolean(expr, fields)?))),
             P::IsNull { expr, negated } => {
                 let v = self.value(expr, fields)?;
-                if *negated { v.expr.is_not_null() } else { v.expr.is_null() }
+                if *negated {
+                    v.expr.is_not_null()
+                } else {
+                    v.expr.is_null()
+                }
             }
             P::Compare { op, left, right } => {
                 let l = self.value(left, fields)?;
@@ -100,7 +106,11 @@ impl Compiler {
                 };
                 compare(op, l, r)
             }
-            P::InList { expr, list, negated } => {
+            P::InList {
+                expr,
+                list,
+                negated,
+            } => {
                 let v = self.value(expr, fields)?;
                 let items: Vec<Scalar> = list
                     .iter()
@@ -109,7 +119,9 @@ impl Compiler {
                         Literal::Int(i) => Ok(Scalar::Int(*i)),
                         Literal::Float(f) => Ok(Scalar::Float(*f)),
                         Literal::Bool(b) => Ok(Scalar::Bool(*b)),
-                        Literal::Null => Err("NULL in an IN list never matches; use IS NULL".to_owned()),
+                        Literal::Null => {
+                            Err("NULL in an IN list never matches; use IS NULL".to_owned())
+                        }
                     })
                     .collect::<Result<_, _>>()?;
                 let name = v.field.clone().unwrap_or_else(|| "value".into());
@@ -123,8 +135,14 @@ impl Compiler {
                         if v.kind != Kind::Str {
                             return Err(format!(
                                 "{name}() takes strings, but {} is a {}",
-                                v.field.as_deref().map(|f| format!("`{f}`")).unwrap_or("an argument".into()),
-                                v.data_type.as_ref().map(type_name).unwrap_or_else(|| "non-string".into())
+                                v.field
+                                    .as_deref()
+                                    .map(|f| format!("`{f}`"))
+                                    .unwrap_or("an argument".into()),
+                                v.data_type
+                                    .as_ref()
+                                    .map(type_name)
+                                    .unwrap_or_else(|| "non-string".into())
                             ));
                         }
                     }
@@ -150,7 +168,9 @@ impl Compiler {
                 }
                 v.expr
             }
-            P::Literal { value: Literal::Bool(b) } => lit(*b),
+            P::Literal {
+                value: Literal::Bool(b),
+            } => lit(*b),
             P::Literal { .. } => return Err("a literal alone is not a condition".into()),
         })
     }
@@ -172,7 +192,11 @@ impl Compiler {
                 Literal::Int(i) => literal(lit(*i as f64), Kind::Num),
                 Literal::Float(f) => literal(lit(*f), Kind::Num),
                 Literal::Bool(b) => literal(lit(*b), Kind::Bool),
-                Literal::Null => return Err("comparing with NULL is never true; use IS NULL or IS NOT NULL".into()),
+                Literal::Null => {
+                    return Err(
+                        "comparing with NULL is never true; use IS NULL or IS NOT NULL".into(),
+                    );
+                }
             },
             P::Call { name, args } if matches!(name.as_str(), "lower" | "upper") => {
                 let [a] = args.as_slice() else {
@@ -182,8 +206,17 @@ impl Compiler {
                 if a.kind != Kind::Str {
                     return Err(format!("{name}() takes a string"));
                 }
-                let expr = if name == "lower" { string_fn::lower(a.expr) } else { string_fn::upper(a.expr) };
-                Value { expr, kind: Kind::Str, field: a.field, data_type: a.data_type }
+                let expr = if name == "lower" {
+                    string_fn::lower(a.expr)
+                } else {
+                    string_fn::upper(a.expr)
+                };
+                Value {
+                    expr,
+                    kind: Kind::Str,
+                    field: a.field,
+                    data_type: a.data_type,
+                }
             }
             other => {
                 let e = self.boolean(other, fields)?;
@@ -206,7 +239,12 @@ impl Compiler {
                 let side = |v: &Value| {
                     v.field
                         .as_ref()
-                        .map(|f| format!("`{f}` ({})", v.data_type.as_ref().map(type_name).unwrap_or_default()))
+                        .map(|f| {
+                            format!(
+                                "`{f}` ({})",
+                                v.data_type.as_ref().map(type_name).unwrap_or_default()
+                            )
+                        })
                         .unwrap_or_else(|| format!("a {} value", kind_name(v.kind)))
                 };
                 Err(format!("cannot compare {} with {}", side(&l), side(&r)))
@@ -217,7 +255,10 @@ impl Compiler {
     fn to_number(&mut self, v: Value) -> Value {
         if let Some(f) = &v.field {
             if !self.coercions.iter().any(|c| &c.field == f) {
-                self.coercions.push(Coercion { field: f.clone(), raw: v.expr.clone() });
+                self.coercions.push(Coercion {
+                    field: f.clone(),
+                    raw: v.expr.clone(),
+                });
             }
         }
         Value {
@@ -228,7 +269,13 @@ impl Compiler {
         }
     }
 
-    fn in_list(&mut self, v: Value, items: &[Scalar], negated: bool, name: &str) -> Result<Expr, String> {
+    fn in_list(
+        &mut self,
+        v: Value,
+        items: &[Scalar],
+        negated: bool,
+        name: &str,
+    ) -> Result<Expr, String> {
         let mut list = Vec::with_capacity(items.len());
         let mut v = v;
         for s in items {
@@ -238,7 +285,10 @@ impl Compiler {
             } else if k != v.kind && v.kind != Kind::Other {
                 return Err(format!(
                     "`{name}` is a {}, but the list holds a {}",
-                    v.data_type.as_ref().map(type_name).unwrap_or_else(|| kind_name(v.kind).into()),
+                    v.data_type
+                        .as_ref()
+                        .map(type_name)
+                        .unwrap_or_else(|| kind_name(v.kind).into()),
                     kind_name(k)
                 ));
             }
@@ -277,7 +327,12 @@ impl Compiler {
             }
             (op, ConditionValue::One(s)) => {
                 let (e, k) = scalar(s);
-                let r = Value { expr: e, kind: k, field: None, data_type: None };
+                let r = Value {
+                    expr: e,
+                    kind: k,
+                    field: None,
+                    data_type: None,
+                };
                 let (l, r) = self.unify(v, r)?;
                 compare(*op, l, r)
             }
@@ -287,7 +342,12 @@ impl Compiler {
     }
 
     /// All conditions of a goal for one event, combined with `all` or `any`.
-    pub fn conditions(&mut self, cs: &[Condition], m: Match, fields: &dyn Fields) -> Result<Expr, Vec<String>> {
+    pub fn conditions(
+        &mut self,
+        cs: &[Condition],
+        m: Match,
+        fields: &dyn Fields,
+    ) -> Result<Expr, Vec<String>> {
         let mut errors = Vec::new();
         let mut out: Option<Expr> = None;
         for (i, c) in cs.iter().enumerate() {
@@ -310,7 +370,12 @@ impl Compiler {
 }
 
 fn literal(expr: Expr, kind: Kind) -> Value {
-    Value { expr, kind, field: None, data_type: None }
+    Value {
+        expr,
+        kind,
+        field: None,
+        data_type: None,
+    }
 }
 
 fn kind_name(k: Kind) -> &'static str {

@@ -32,9 +32,25 @@ pub struct CutoffPlan {
 }
 
 impl CutoffPlan {
-    pub fn new(as_of: i64, window: i64, stride: i64, snapshots: u32, lookback: i64, active_within: i64) -> Self {
-        let training = (0..i64::from(snapshots)).map(|k| as_of - window - k * stride).collect();
-        Self { as_of, training, window, stride, lookback, active_within }
+    pub fn new(
+        as_of: i64,
+        window: i64,
+        stride: i64,
+        snapshots: u32,
+        lookback: i64,
+        active_within: i64,
+    ) -> Self {
+        let training = (0..i64::from(snapshots))
+            .map(|k| as_of - window - k * stride)
+            .collect();
+        Self {
+            as_of,
+            training,
+            window,
+            stride,
+            lookback,
+            active_within,
+        }
     }
 
     pub fn from_job(job: &Job, as_of: i64) -> Self {
@@ -69,7 +85,10 @@ pub struct LabelRule {
 impl LabelRule {
     pub fn from_job(job: &Job) -> Option<Self> {
         match &job.goal {
-            Goal::Conditions(g) => Some(Self { outcome: g.outcome, min_count: g.min_count }),
+            Goal::Conditions(g) => Some(Self {
+                outcome: g.outcome,
+                min_count: g.min_count,
+            }),
             Goal::Plugin(_) => None,
         }
     }
@@ -80,7 +99,10 @@ impl LabelRule {
         let ts = &store.ts[r.clone()];
         let lo = ts.partition_point(|&t| t < c);
         let hi = ts.partition_point(|&t| t < c + window);
-        let hits = store.flags[r.start + lo..r.start + hi].iter().filter(|f| **f & GOAL_BIT != 0).count();
+        let hits = store.flags[r.start + lo..r.start + hi]
+            .iter()
+            .filter(|f| **f & GOAL_BIT != 0)
+            .count();
         let occurred = hits >= self.min_count as usize;
         match self.outcome {
             Outcome::WillOccur => occurred,
@@ -90,7 +112,13 @@ impl LabelRule {
 }
 
 /// Whether profile `p` is scored (or trained on) at cutoff `c`.
-pub fn eligible(store: &EventStore, profiles: &ProfileTable, p: usize, c: i64, active_within: i64) -> bool {
+pub fn eligible(
+    store: &EventStore,
+    profiles: &ProfileTable,
+    p: usize,
+    c: i64,
+    active_within: i64,
+) -> bool {
     if !profiles.include[p] || profiles.exclude[p] {
         return false;
     }
@@ -126,25 +154,49 @@ impl Snapshot {
 
     /// The snapshot as an Arrow batch: `profile_id`, `cutoff`, `label` (null when scoring),
     /// then one Float32 column per feature (NaN where missing).
-    pub fn to_record_batch(&self, catalogue: &Catalogue, store: &EventStore) -> Result<RecordBatch, arrow::error::ArrowError> {
+    pub fn to_record_batch(
+        &self,
+        catalogue: &Catalogue,
+        store: &EventStore,
+    ) -> Result<RecordBatch, arrow::error::ArrowError> {
         let mut fields = vec![
             Field::new("profile_id", DataType::Utf8, false),
-            Field::new("cutoff", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+            Field::new(
+                "cutoff",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
             Field::new("label", DataType::Boolean, true),
         ];
-        fields.extend(catalogue.features.iter().map(|f| Field::new(&f.name, DataType::Float32, false)));
+        fields.extend(
+            catalogue
+                .features
+                .iter()
+                .map(|f| Field::new(&f.name, DataType::Float32, false)),
+        );
         let n = self.rows.len();
         let mut cols: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(self.rows.iter().map(|&p| store.profile_ids[p as usize].as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                self.rows
+                    .iter()
+                    .map(|&p| store.profile_ids[p as usize].as_str()),
+            )),
             Arc::new(TimestampMicrosecondArray::from(vec![self.cutoff; n]).with_timezone("UTC")),
             Arc::new(if self.training {
-                BooleanArray::from(self.labels.iter().map(|l| Some(*l == 1)).collect::<Vec<_>>())
+                BooleanArray::from(
+                    self.labels
+                        .iter()
+                        .map(|l| Some(*l == 1))
+                        .collect::<Vec<_>>(),
+                )
             } else {
                 BooleanArray::from(vec![None; n])
             }),
         ];
         for j in 0..self.width {
-            cols.push(Arc::new(Float32Array::from_iter_values((0..n).map(|i| self.values[i * self.width + j]))));
+            cols.push(Arc::new(Float32Array::from_iter_values(
+                (0..n).map(|i| self.values[i * self.width + j]),
+            )));
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
     }
@@ -166,7 +218,9 @@ pub struct CutoffCounts {
 }
 
 fn threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 16)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16)
 }
 
 /// Splits `0..n` into contiguous chunks, one per thread, and runs `f` on each.
@@ -191,9 +245,23 @@ fn par_chunks<T: Send>(n: usize, f: impl Fn(std::ops::Range<usize>) -> T + Sync)
 }
 
 /// Eligible / positive / negative counts per cutoff, without computing features.
-pub fn label_counts(store: &EventStore, profiles: &ProfileTable, cutoffs: &[i64], window: i64, active_within: i64, rule: LabelRule) -> Vec<CutoffCounts> {
+pub fn label_counts(
+    store: &EventStore,
+    profiles: &ProfileTable,
+    cutoffs: &[i64],
+    window: i64,
+    active_within: i64,
+    rule: LabelRule,
+) -> Vec<CutoffCounts> {
     let parts = par_chunks(store.profiles(), |range| {
-        let mut c = vec![CutoffCounts { eligible: 0, positives: 0, negatives: 0 }; cutoffs.len()];
+        let mut c = vec![
+            CutoffCounts {
+                eligible: 0,
+                positives: 0,
+                negatives: 0
+            };
+            cutoffs.len()
+        ];
         for p in range {
             for (k, &cut) in cutoffs.iter().enumerate() {
                 if eligible(store, profiles, p, cut, active_within) {
@@ -208,7 +276,14 @@ pub fn label_counts(store: &EventStore, profiles: &ProfileTable, cutoffs: &[i64]
         }
         c
     });
-    let mut total = vec![CutoffCounts { eligible: 0, positives: 0, negatives: 0 }; cutoffs.len()];
+    let mut total = vec![
+        CutoffCounts {
+            eligible: 0,
+            positives: 0,
+            negatives: 0
+        };
+        cutoffs.len()
+    ];
     for part in parts {
         for (t, c) in total.iter_mut().zip(part) {
             t.eligible += c.eligible;
@@ -221,7 +296,13 @@ pub fn label_counts(store: &EventStore, profiles: &ProfileTable, cutoffs: &[i64]
 
 /// Builds every snapshot in one pass over the profiles: for each profile, all training
 /// cutoffs and the scoring cutoff are computed from the same grouped events.
-pub fn build(store: &EventStore, profiles: &ProfileTable, spec: &FeatureSpec, plan: &CutoffPlan, rule: LabelRule) -> Dataset {
+pub fn build(
+    store: &EventStore,
+    profiles: &ProfileTable,
+    spec: &FeatureSpec,
+    plan: &CutoffPlan,
+    rule: LabelRule,
+) -> Dataset {
     let width = spec.len();
     let mut cutoffs: Vec<(i64, bool)> = plan.training.iter().map(|c| (*c, true)).collect();
     cutoffs.push((plan.as_of, false));
@@ -229,7 +310,14 @@ pub fn build(store: &EventStore, profiles: &ProfileTable, spec: &FeatureSpec, pl
         let mut scratch = Scratch::default();
         let mut snaps: Vec<Snapshot> = cutoffs
             .iter()
-            .map(|&(cutoff, training)| Snapshot { cutoff, training, rows: Vec::new(), labels: Vec::new(), values: Vec::new(), width })
+            .map(|&(cutoff, training)| Snapshot {
+                cutoff,
+                training,
+                rows: Vec::new(),
+                labels: Vec::new(),
+                values: Vec::new(),
+                width,
+            })
             .collect();
         let mut row = vec![0f32; width];
         for p in range {
@@ -241,7 +329,8 @@ pub fn build(store: &EventStore, profiles: &ProfileTable, spec: &FeatureSpec, pl
                 s.rows.push(p as u32);
                 s.values.extend_from_slice(&row);
                 if s.training {
-                    s.labels.push(u8::from(rule.label(store, p, s.cutoff, plan.window)));
+                    s.labels
+                        .push(u8::from(rule.label(store, p, s.cutoff, plan.window)));
                 }
             }
         }
@@ -249,7 +338,14 @@ pub fn build(store: &EventStore, profiles: &ProfileTable, spec: &FeatureSpec, pl
     });
     let mut merged: Vec<Snapshot> = cutoffs
         .iter()
-        .map(|&(cutoff, training)| Snapshot { cutoff, training, rows: Vec::new(), labels: Vec::new(), values: Vec::new(), width })
+        .map(|&(cutoff, training)| Snapshot {
+            cutoff,
+            training,
+            rows: Vec::new(),
+            labels: Vec::new(),
+            values: Vec::new(),
+            width,
+        })
         .collect();
     for part in parts {
         for (m, s) in merged.iter_mut().zip(part) {
@@ -258,6 +354,16 @@ pub fn build(store: &EventStore, profiles: &ProfileTable, spec: &FeatureSpec, pl
             m.values.extend(s.values);
         }
     }
-    let scoring = merged.pop().unwrap_or(Snapshot { cutoff: plan.as_of, training: false, rows: vec![], labels: vec![], values: vec![], width });
-    Dataset { training: merged, scoring }
+    let scoring = merged.pop().unwrap_or(Snapshot {
+        cutoff: plan.as_of,
+        training: false,
+        rows: vec![],
+        labels: vec![],
+        values: vec![],
+        width,
+    });
+    Dataset {
+        training: merged,
+        scoring,
+    }
 }

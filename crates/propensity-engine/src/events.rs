@@ -141,42 +141,63 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
     let schema = frame.schema().as_arrow().clone();
     let cols = &job.events.columns;
     let mut errors: Vec<String> = Vec::new();
-    let mut column = |key: &str, path: &propensity_core::FieldPath| match resolve_field(&schema, path) {
-        Ok(f) => Some(f),
-        Err(m) => {
-            errors.push(format!("source.events.columns.{key} = \"{path}\": {m}"));
-            None
-        }
-    };
+    let mut column =
+        |key: &str, path: &propensity_core::FieldPath| match resolve_field(&schema, path) {
+            Ok(f) => Some(f),
+            Err(m) => {
+                errors.push(format!("source.events.columns.{key} = \"{path}\": {m}"));
+                None
+            }
+        };
     let pid = column("profile_id", &cols.profile_id);
     let ts = column("timestamp", &cols.timestamp);
     let et = column("event_type", &cols.event_type);
-    let mut check_type = |key: &str, f: &Option<ResolvedField>, ok: &dyn Fn(&DataType) -> bool, need: &str| {
-        if let Some(f) = f
-            && !ok(&f.data_type)
-        {
-            errors.push(format!(
-                "source.events.columns.{key}: column is a {}, but {need}",
-                type_name(&f.data_type)
-            ));
-        }
-    };
+    let mut check_type =
+        |key: &str, f: &Option<ResolvedField>, ok: &dyn Fn(&DataType) -> bool, need: &str| {
+            if let Some(f) = f
+                && !ok(&f.data_type)
+            {
+                errors.push(format!(
+                    "source.events.columns.{key}: column is a {}, but {need}",
+                    type_name(&f.data_type)
+                ));
+            }
+        };
     let id_like = |t: &DataType| is_string(t) || t.is_integer();
-    check_type("profile_id", &pid, &id_like, "a profile id must be a string or an integer");
-    check_type("event_type", &et, &id_like, "an event type must be a string or an integer");
+    check_type(
+        "profile_id",
+        &pid,
+        &id_like,
+        "a profile id must be a string or an integer",
+    );
+    check_type(
+        "event_type",
+        &et,
+        &id_like,
+        "an event type must be a string or an integer",
+    );
     let fmt = job.events.timestamp_format;
     let ts_ok = |t: &DataType| match fmt {
         TimestampFormat::Auto => {
-            is_string(t) || is_numeric(t) || matches!(t, DataType::Timestamp(..) | DataType::Date32 | DataType::Date64)
+            is_string(t)
+                || is_numeric(t)
+                || matches!(
+                    t,
+                    DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+                )
         }
         TimestampFormat::Rfc3339 => is_string(t) || matches!(t, DataType::Timestamp(..)),
-        TimestampFormat::EpochSeconds | TimestampFormat::EpochMillis => is_string(t) || is_numeric(t),
+        TimestampFormat::EpochSeconds | TimestampFormat::EpochMillis => {
+            is_string(t) || is_numeric(t)
+        }
     };
     check_type(
         "timestamp",
         &ts,
         &ts_ok,
-        &format!("timestamp_format = \"{fmt}\" needs RFC 3339 strings, epoch numbers or an Arrow timestamp"),
+        &format!(
+            "timestamp_format = \"{fmt}\" needs RFC 3339 strings, epoch numbers or an Arrow timestamp"
+        ),
     );
 
     // Logical names in predicates and conditions: the three mapped columns, then any field.
@@ -235,9 +256,15 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
     let mut nums = Vec::new();
     for (i, path) in job.features.numeric_fields.iter().enumerate() {
         match fields(path) {
-            Ok(f) if is_numeric(&f.data_type) => nums.push(cast(f.expr, DataType::Float64)),
+            // A column with no values at all (CSV inference gives it the Null type) is missing.
+            Ok(f) if is_numeric(&f.data_type) || f.data_type == DataType::Null => {
+                nums.push(cast(f.expr, DataType::Float64))
+            }
             Ok(f) if is_string(&f.data_type) => {
-                compiler.coercions.push(Coercion { field: path.to_string(), raw: f.expr.clone() });
+                compiler.coercions.push(Coercion {
+                    field: path.to_string(),
+                    raw: f.expr.clone(),
+                });
                 nums.push(try_cast(f.expr, DataType::Float64));
             }
             Ok(f) => {
@@ -268,10 +295,22 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
         return Err(EngineError::internal("column errors were not reported"));
     };
     let as_string = |f: ResolvedField| {
-        if f.data_type == DataType::Utf8 { f.expr } else { cast(f.expr, DataType::Utf8) }
+        if f.data_type == DataType::Utf8 {
+            f.expr
+        } else {
+            cast(f.expr, DataType::Utf8)
+        }
     };
-    let ts_type = if is_string(&ts.data_type) { DataType::Utf8 } else { ts.data_type.clone() };
-    let ts_expr = if is_string(&ts.data_type) { as_string(ts.clone()) } else { ts.expr.clone() };
+    let ts_type = if is_string(&ts.data_type) {
+        DataType::Utf8
+    } else {
+        ts.data_type.clone()
+    };
+    let ts_expr = if is_string(&ts.data_type) {
+        as_string(ts.clone())
+    } else {
+        ts.expr.clone()
+    };
     let mut exprs = vec![as_string(pid), ts_expr, as_string(et), excluded, goal];
     let n_custom = custom.len();
     let n_nums = nums.len();
@@ -293,7 +332,13 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
         .enumerate()
         .map(|(i, e)| e.alias(format!("c{i}")))
         .collect();
-    Ok(Projection { exprs, ts_type, custom: n_custom, nums: n_nums, coercions })
+    Ok(Projection {
+        exprs,
+        ts_type,
+        custom: n_custom,
+        nums: n_nums,
+        coercions,
+    })
 }
 
 /// Raw events as scanned, before grouping by profile.
@@ -314,9 +359,9 @@ pub async fn scan(
     range: ScanRange,
 ) -> Result<(EventStore, ScanCounts), EngineError> {
     let proj = project(job, &frame, display)?;
-    let frame = frame
-        .select(proj.exprs.clone())
-        .map_err(|e| EngineError::internal(format!("events projection: {}", crate::df_message(&e))))?;
+    let frame = frame.select(proj.exprs.clone()).map_err(|e| {
+        EngineError::internal(format!("events projection: {}", crate::df_message(&e)))
+    })?;
     let mut stream = frame
         .execute_stream()
         .await
@@ -344,7 +389,8 @@ pub async fn scan(
         let et = col(2).as_string::<i32>();
         let excluded = col(3).as_boolean();
         let goal = col(4).as_boolean();
-        let custom: Vec<&BooleanArray> = (0..proj.custom).map(|j| col(5 + j).as_boolean()).collect();
+        let custom: Vec<&BooleanArray> =
+            (0..proj.custom).map(|j| col(5 + j).as_boolean()).collect();
         let nums: Vec<&Float64Array> = (0..nn)
             .map(|j| col(5 + proj.custom + j).as_primitive::<Float64Type>())
             .collect();
@@ -414,7 +460,11 @@ pub async fn scan(
             raw.etype.push(code);
             raw.flags.push(flags);
             for a in &nums {
-                raw.nums.push(if a.is_null(i) { f32::NAN } else { a.value(i) as f32 });
+                raw.nums.push(if a.is_null(i) {
+                    f32::NAN
+                } else {
+                    a.value(i) as f32
+                });
             }
         }
     }
@@ -429,7 +479,11 @@ pub async fn scan(
         .coercions
         .iter()
         .zip(coercion_counts)
-        .map(|(f, (present, bad))| UnconvertibleField { field: f.clone(), present, unconvertible: bad })
+        .map(|(f, (present, bad))| UnconvertibleField {
+            field: f.clone(),
+            present,
+            unconvertible: bad,
+        })
         .collect();
     let store = group(raw, profile_ids, type_names, nn, &mut counts);
     counts.events_kept = store.events() as u64;
@@ -452,7 +506,11 @@ fn timestamps(
         ($t:ty, $f:expr) => {{
             let arr = a.as_primitive::<$t>();
             for i in 0..n {
-                out.push(if arr.is_null(i) { None } else { $f(arr.value(i)) });
+                out.push(if arr.is_null(i) {
+                    None
+                } else {
+                    $f(arr.value(i))
+                });
             }
         }};
     }
@@ -481,7 +539,9 @@ fn timestamps(
             TimeUnit::Second => prim!(TimestampSecondType, |v: i64| v.checked_mul(1_000_000)),
             TimeUnit::Millisecond => prim!(TimestampMillisecondType, |v: i64| v.checked_mul(1000)),
             TimeUnit::Microsecond => prim!(TimestampMicrosecondType, Some),
-            TimeUnit::Nanosecond => prim!(TimestampNanosecondType, |v: i64| Some(v.div_euclid(1000))),
+            TimeUnit::Nanosecond => {
+                prim!(TimestampNanosecondType, |v: i64| Some(v.div_euclid(1000)))
+            }
         },
         DataType::Date32 => prim!(Date32Type, |v: i32| Some(i64::from(v) * MICROS_PER_DAY)),
         DataType::Date64 => prim!(Date64Type, |v: i64| v.checked_mul(1000)),
@@ -510,7 +570,9 @@ fn timestamps(
                     if counts.unparseable_timestamp_examples.len() < 5
                         && !counts.unparseable_timestamp_examples.iter().any(|e| e == s)
                     {
-                        counts.unparseable_timestamp_examples.push(s.chars().take(64).collect());
+                        counts
+                            .unparseable_timestamp_examples
+                            .push(s.chars().take(64).collect());
                     }
                 }
                 out.push(v);
@@ -518,7 +580,9 @@ fn timestamps(
             return Ok(());
         }
         other => {
-            return Err(EngineError::internal(format!("timestamp column type {other} was not rejected")));
+            return Err(EngineError::internal(format!(
+                "timestamp column type {other} was not rejected"
+            )));
         }
     }
     // Numeric and Arrow timestamps: nulls are null timestamps; out-of-range values are
@@ -543,11 +607,17 @@ pub fn parse_time(s: &str, fmt: TimestampFormat) -> Option<i64> {
     match fmt {
         TimestampFormat::EpochSeconds | TimestampFormat::EpochMillis => {
             let v: f64 = s.parse().ok()?;
-            let m = if fmt == TimestampFormat::EpochSeconds { 1e6 } else { 1e3 };
+            let m = if fmt == TimestampFormat::EpochSeconds {
+                1e6
+            } else {
+                1e3
+            };
             let micros = v * m;
             (micros.is_finite() && micros.abs() < 9.0e18).then_some(micros.round() as i64)
         }
-        TimestampFormat::Rfc3339 => DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_micros()),
+        TimestampFormat::Rfc3339 => DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|d| d.timestamp_micros()),
         TimestampFormat::Auto => {
             if let Ok(d) = DateTime::parse_from_rfc3339(s) {
                 return Some(d.timestamp_micros());
@@ -561,9 +631,14 @@ pub fn parse_time(s: &str, fmt: TimestampFormat) -> Option<i64> {
                 return Some(d.timestamp_micros());
             }
             if let Ok(d) = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
-                return d.and_hms_opt(0, 0, 0).map(|d| d.and_utc().timestamp_micros());
+                return d
+                    .and_hms_opt(0, 0, 0)
+                    .map(|d| d.and_utc().timestamp_micros());
             }
-            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-') {
+            if !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-')
+            {
                 let v: f64 = s.parse().ok()?;
                 let micros = if v.abs() < 1e11 { v * 1e6 } else { v * 1e3 };
                 return (micros.abs() < 9.0e18).then_some(micros.round() as i64);
@@ -575,7 +650,13 @@ pub fn parse_time(s: &str, fmt: TimestampFormat) -> Option<i64> {
 
 /// Groups raw events by profile (a counting sort), sorts each profile's events by time and
 /// removes exact duplicates.
-fn group(raw: Raw, profile_ids: Vec<String>, type_names: Vec<String>, nn: usize, counts: &mut ScanCounts) -> EventStore {
+fn group(
+    raw: Raw,
+    profile_ids: Vec<String>,
+    type_names: Vec<String>,
+    nn: usize,
+    counts: &mut ScanCounts,
+) -> EventStore {
     let np = profile_ids.len();
     let mut offsets = vec![0usize; np + 1];
     for &p in &raw.pid {
@@ -590,7 +671,13 @@ fn group(raw: Raw, profile_ids: Vec<String>, type_names: Vec<String>, nn: usize,
         order[next[p as usize]] = i as u32;
         next[p as usize] += 1;
     }
-    let key = |i: u32| (raw.ts[i as usize], raw.etype[i as usize], raw.flags[i as usize]);
+    let key = |i: u32| {
+        (
+            raw.ts[i as usize],
+            raw.etype[i as usize],
+            raw.flags[i as usize],
+        )
+    };
     let nums_of = |i: u32| &raw.nums[i as usize * nn..(i as usize + 1) * nn];
     let same_nums = |a: u32, b: u32| {
         nums_of(a)
@@ -633,7 +720,9 @@ fn group(raw: Raw, profile_ids: Vec<String>, type_names: Vec<String>, nn: usize,
             store.ts.push(raw.ts[i]);
             store.etype.push(raw.etype[i]);
             store.flags.push(raw.flags[i]);
-            store.nums.extend_from_slice(&raw.nums[i * nn..(i + 1) * nn]);
+            store
+                .nums
+                .extend_from_slice(&raw.nums[i * nn..(i + 1) * nn]);
         }
         store.offsets.push(store.ts.len());
     }

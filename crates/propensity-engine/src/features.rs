@@ -118,13 +118,20 @@ impl FeatureConfig {
 
 impl FeatureSpec {
     pub fn new(cfg: &FeatureConfig, store: &EventStore, profiles: &ProfileTable) -> Self {
-        let mut windows_secs: Vec<u64> = cfg.windows_secs.iter().copied().filter(|w| *w <= cfg.lookback_secs).collect();
+        let mut windows_secs: Vec<u64> = cfg
+            .windows_secs
+            .iter()
+            .copied()
+            .filter(|w| *w <= cfg.lookback_secs)
+            .collect();
         windows_secs.push(cfg.lookback_secs);
         windows_secs.sort_unstable();
         windows_secs.dedup();
         let windows: Vec<i64> = windows_secs.iter().map(|s| *s as i64 * 1_000_000).collect();
         let lookback = cfg.lookback_secs as i64 * 1_000_000;
-        let trend: Vec<usize> = (0..windows.len()).filter(|&k| windows[k] * 2 <= lookback).collect();
+        let trend: Vec<usize> = (0..windows.len())
+            .filter(|&k| windows[k] * 2 <= lookback)
+            .collect();
         let mut bounds: Vec<i64> = windows.clone();
         bounds.extend(trend.iter().map(|&k| windows[k] * 2));
         bounds.sort_unstable();
@@ -139,13 +146,18 @@ impl FeatureSpec {
             counts[t as usize] += 1;
         }
         let mut order: Vec<usize> = (0..counts.len()).filter(|&t| counts[t] > 0).collect();
-        order.sort_by(|&a, &b| counts[b].cmp(&counts[a]).then_with(|| store.type_names[a].cmp(&store.type_names[b])));
+        order.sort_by(|&a, &b| {
+            counts[b]
+                .cmp(&counts[a])
+                .then_with(|| store.type_names[a].cmp(&store.type_names[b]))
+        });
         order.truncate(cfg.top_event_types);
         // Stable column order whatever the counts: by type name.
         order.sort_by(|&a, &b| store.type_names[a].cmp(&store.type_names[b]));
         let mut slots = Vec::new();
         let mut slot_of_type = vec![None; store.type_names.len()];
-        let mut taken: std::collections::HashSet<String> = cfg.custom_events.iter().cloned().collect();
+        let mut taken: std::collections::HashSet<String> =
+            cfg.custom_events.iter().cloned().collect();
         taken.insert("goal_event".into());
         for t in order {
             let raw = &store.type_names[t];
@@ -156,7 +168,11 @@ impl FeatureSpec {
             taken.insert(name.clone());
             let (plural, singular) = type_words(raw);
             slot_of_type[t] = Some(slots.len());
-            slots.push(Slot { name, plural, singular });
+            slots.push(Slot {
+                name,
+                plural,
+                singular,
+            });
         }
         let mut flag_slots = Vec::new();
         for (i, c) in cfg.custom_events.iter().enumerate() {
@@ -188,7 +204,11 @@ impl FeatureSpec {
                         }
                     }
                     let mut top: Vec<usize> = (0..values.len()).collect();
-                    top.sort_by(|&x, &y| freq[y].cmp(&freq[x]).then_with(|| values[x].cmp(&values[y])));
+                    top.sort_by(|&x, &y| {
+                        freq[y]
+                            .cmp(&freq[x])
+                            .then_with(|| values[x].cmp(&values[y]))
+                    });
                     top.truncate(MAX_CATEGORIES);
                     top.sort_by(|&x, &y| values[x].cmp(&values[y]));
                     attrs.extend(top.into_iter().map(|c| AttrFeature::OneHot(j, c as u32)));
@@ -214,7 +234,12 @@ impl FeatureSpec {
         };
         let all = spec.definitions(&windows_secs, cfg, profiles);
         spec.full = all.len();
-        let mut unknown: Vec<String> = cfg.exclude.iter().filter(|e| !all.iter().any(|f| &f.name == *e)).cloned().collect();
+        let mut unknown: Vec<String> = cfg
+            .exclude
+            .iter()
+            .filter(|e| !all.iter().any(|f| &f.name == *e))
+            .cloned()
+            .collect();
         unknown.sort();
         for (i, f) in all.into_iter().enumerate() {
             if !cfg.exclude.contains(&f.name) {
@@ -235,29 +260,67 @@ impl FeatureSpec {
     }
 
     /// The catalogue in full-row order. Must follow [`Self::compute_full`] exactly.
-    fn definitions(&self, windows_secs: &[u64], cfg: &FeatureConfig, profiles: &ProfileTable) -> Vec<FeatureDef> {
+    fn definitions(
+        &self,
+        windows_secs: &[u64],
+        cfg: &FeatureConfig,
+        profiles: &ProfileTable,
+    ) -> Vec<FeatureDef> {
         let wname: Vec<String> = windows_secs.iter().map(|s| span_name(*s)).collect();
         let wlabel: Vec<String> = windows_secs.iter().map(|s| span_label(*s)).collect();
         let mut out = Vec::new();
-        let mut push = |name: String, label: String, group: &'static str| out.push(FeatureDef { name, label, group });
-        push("days_since_last_event".into(), "Days since last event".into(), "recency");
-        push("days_since_first_event".into(), "Days since first event".into(), "recency");
+        let mut push = |name: String, label: String, group: &'static str| {
+            out.push(FeatureDef { name, label, group })
+        };
+        push(
+            "days_since_last_event".into(),
+            "Days since last event".into(),
+            "recency",
+        );
+        push(
+            "days_since_first_event".into(),
+            "Days since first event".into(),
+            "recency",
+        );
         for k in 0..self.windows.len() {
-            push(format!("event_count_{}", wname[k]), format!("Events in the last {}", wlabel[k]), "frequency");
+            push(
+                format!("event_count_{}", wname[k]),
+                format!("Events in the last {}", wlabel[k]),
+                "frequency",
+            );
         }
         for k in 0..self.windows.len() {
-            push(format!("active_days_{}", wname[k]), format!("Active days in the last {}", wlabel[k]), "engagement");
+            push(
+                format!("active_days_{}", wname[k]),
+                format!("Active days in the last {}", wlabel[k]),
+                "engagement",
+            );
         }
         for &k in &self.trend {
             push(
                 format!("event_count_trend_{}", wname[k]),
-                format!("Change in events, last {} vs the {} before", wlabel[k], wlabel[k]),
+                format!(
+                    "Change in events, last {} vs the {} before",
+                    wlabel[k], wlabel[k]
+                ),
                 "trend",
             );
         }
-        push("gap_days_mean".into(), "Average days between active days".into(), "engagement");
-        push("gap_days_max".into(), "Longest gap between active days".into(), "engagement");
-        push("gap_days_std".into(), "Spread of days between active days".into(), "engagement");
+        push(
+            "gap_days_mean".into(),
+            "Average days between active days".into(),
+            "engagement",
+        );
+        push(
+            "gap_days_max".into(),
+            "Longest gap between active days".into(),
+            "engagement",
+        );
+        push(
+            "gap_days_std".into(),
+            "Spread of days between active days".into(),
+            "engagement",
+        );
         for s in &self.slots {
             for k in 0..self.windows.len() {
                 push(
@@ -266,30 +329,60 @@ impl FeatureSpec {
                     "frequency",
                 );
             }
-            push(format!("days_since_last_{}", s.name), format!("Days since last {}", s.singular), "recency");
-            push(format!("days_since_first_{}", s.name), format!("Days since first {}", s.singular), "recency");
+            push(
+                format!("days_since_last_{}", s.name),
+                format!("Days since last {}", s.singular),
+                "recency",
+            );
+            push(
+                format!("days_since_first_{}", s.name),
+                format!("Days since first {}", s.singular),
+                "recency",
+            );
         }
         for f in &cfg.numeric_fields {
             let n = sanitize(f);
             for k in 0..self.windows.len() {
-                push(format!("{n}_sum_{}", wname[k]), format!("Total {f} in the last {}", wlabel[k]), "monetary");
-                push(format!("{n}_mean_{}", wname[k]), format!("Average {f} in the last {}", wlabel[k]), "monetary");
-                push(format!("{n}_max_{}", wname[k]), format!("Largest {f} in the last {}", wlabel[k]), "monetary");
+                push(
+                    format!("{n}_sum_{}", wname[k]),
+                    format!("Total {f} in the last {}", wlabel[k]),
+                    "monetary",
+                );
+                push(
+                    format!("{n}_mean_{}", wname[k]),
+                    format!("Average {f} in the last {}", wlabel[k]),
+                    "monetary",
+                );
+                push(
+                    format!("{n}_max_{}", wname[k]),
+                    format!("Largest {f} in the last {}", wlabel[k]),
+                    "monetary",
+                );
             }
         }
         for a in &self.attrs {
             match a {
                 AttrFeature::Numeric(j) => {
                     let name = &profiles.attributes[*j].name;
-                    push(format!("attr_{}", sanitize(name)), humanize(name), "attribute");
+                    push(
+                        format!("attr_{}", sanitize(name)),
+                        humanize(name),
+                        "attribute",
+                    );
                 }
                 AttrFeature::DaysSince(j) => {
                     let name = &profiles.attributes[*j].name;
-                    push(format!("days_since_{}", sanitize(name)), format!("Days since {}", name.replace('_', " ")), "attribute");
+                    push(
+                        format!("days_since_{}", sanitize(name)),
+                        format!("Days since {}", name.replace('_', " ")),
+                        "attribute",
+                    );
                 }
                 AttrFeature::OneHot(j, c) => {
                     let attr = &profiles.attributes[*j];
-                    let AttrValues::Categorical { values, .. } = &attr.values else { continue };
+                    let AttrValues::Categorical { values, .. } = &attr.values else {
+                        continue;
+                    };
                     let v = &values[*c as usize];
                     push(
                         format!("attr_{}_{}", sanitize(&attr.name), sanitize(v)),
@@ -304,7 +397,15 @@ impl FeatureSpec {
 
     /// Computes profile `p`'s features at `cutoff` (microseconds) into `out` (length
     /// [`Self::len`]), from the store's events of `p` in `[cutoff - lookback, cutoff)` only.
-    pub fn compute(&self, store: &EventStore, profiles: &ProfileTable, p: usize, cutoff: i64, scratch: &mut Scratch, out: &mut [f32]) {
+    pub fn compute(
+        &self,
+        store: &EventStore,
+        profiles: &ProfileTable,
+        p: usize,
+        cutoff: i64,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    ) {
         let r = store.range(p);
         let ts = &store.ts[r.clone()];
         // The only place events are selected: strictly before the cutoff, within the lookback.
@@ -314,7 +415,8 @@ impl FeatureSpec {
             ts: &ts[start..end],
             etype: &store.etype[r.start + start..r.start + end],
             flags: &store.flags[r.start + start..r.start + end],
-            nums: &store.nums[(r.start + start) * store.num_fields..(r.start + end) * store.num_fields],
+            nums: &store.nums
+                [(r.start + start) * store.num_fields..(r.start + end) * store.num_fields],
         };
         scratch.full.resize(self.full, 0.0);
         let mut full = std::mem::take(&mut scratch.full);
@@ -325,7 +427,15 @@ impl FeatureSpec {
         scratch.full = full;
     }
 
-    fn compute_full(&self, ev: &EventsView<'_>, profiles: &ProfileTable, p: usize, cutoff: i64, s: &mut Scratch, out: &mut [f32]) {
+    fn compute_full(
+        &self,
+        ev: &EventsView<'_>,
+        profiles: &ProfileTable,
+        p: usize,
+        cutoff: i64,
+        s: &mut Scratch,
+        out: &mut [f32],
+    ) {
         let nb = self.bounds.len();
         let ns = self.slots.len();
         let nn = self.nums;
@@ -353,7 +463,12 @@ impl FeatureSpec {
                 }
                 s.slot_first[slot] = age as f32;
             };
-            if let Some(slot) = self.slot_of_type.get(ev.etype[i] as usize).copied().flatten() {
+            if let Some(slot) = self
+                .slot_of_type
+                .get(ev.etype[i] as usize)
+                .copied()
+                .flatten()
+            {
                 hit(slot);
             }
             for &(bit, slot) in &self.flag_slots {
@@ -367,7 +482,11 @@ impl FeatureSpec {
                     let k = j * nb + b;
                     s.sum[k] += f64::from(v);
                     s.nonnull[k] += 1.0;
-                    s.max[k] = if s.max[k].is_nan() { v } else { s.max[k].max(v) };
+                    s.max[k] = if s.max[k].is_nan() {
+                        v
+                    } else {
+                        s.max[k].max(v)
+                    };
                 }
             }
         }
@@ -393,8 +512,16 @@ impl FeatureSpec {
             o += 1;
         };
         let days = |micros: f64| (micros / day) as f32;
-        put(if n > 0 { days((cutoff - ev.ts[n - 1]) as f64) } else { f32::NAN });
-        put(if n > 0 { days((cutoff - ev.ts[0]) as f64) } else { f32::NAN });
+        put(if n > 0 {
+            days((cutoff - ev.ts[n - 1]) as f64)
+        } else {
+            f32::NAN
+        });
+        put(if n > 0 {
+            days((cutoff - ev.ts[0]) as f64)
+        } else {
+            f32::NAN
+        });
         for &k in &self.wb {
             put(s.cnt[k] as f32);
         }
@@ -431,30 +558,53 @@ impl FeatureSpec {
             }
             let l = s.slot_last[slot];
             let f = s.slot_first[slot];
-            put(if l.is_nan() { f32::NAN } else { days(f64::from(l)) });
-            put(if f.is_nan() { f32::NAN } else { days(f64::from(f)) });
+            put(if l.is_nan() {
+                f32::NAN
+            } else {
+                days(f64::from(l))
+            });
+            put(if f.is_nan() {
+                f32::NAN
+            } else {
+                days(f64::from(f))
+            });
         }
         for j in 0..nn {
             for &k in &self.wb {
                 let idx = j * nb + k;
                 put(s.sum[idx] as f32);
-                put(if s.nonnull[idx] > 0.0 { (s.sum[idx] / s.nonnull[idx]) as f32 } else { f32::NAN });
+                put(if s.nonnull[idx] > 0.0 {
+                    (s.sum[idx] / s.nonnull[idx]) as f32
+                } else {
+                    f32::NAN
+                });
                 put(s.max[idx]);
             }
         }
         for a in &self.attrs {
             match a {
                 AttrFeature::Numeric(j) => {
-                    let AttrValues::Numeric(v) = &profiles.attributes[*j].values else { continue };
+                    let AttrValues::Numeric(v) = &profiles.attributes[*j].values else {
+                        continue;
+                    };
                     put(v[p]);
                 }
                 AttrFeature::DaysSince(j) => {
-                    let AttrValues::Time(v) = &profiles.attributes[*j].values else { continue };
+                    let AttrValues::Time(v) = &profiles.attributes[*j].values else {
+                        continue;
+                    };
                     let t = v[p];
-                    put(if t == i64::MIN || t > cutoff { f32::NAN } else { days((cutoff - t) as f64) });
+                    put(if t == i64::MIN || t > cutoff {
+                        f32::NAN
+                    } else {
+                        days((cutoff - t) as f64)
+                    });
                 }
                 AttrFeature::OneHot(j, c) => {
-                    let AttrValues::Categorical { codes, .. } = &profiles.attributes[*j].values else { continue };
+                    let AttrValues::Categorical { codes, .. } = &profiles.attributes[*j].values
+                    else {
+                        continue;
+                    };
                     put(f32::from(u8::from(codes[p] == *c)));
                 }
             }
@@ -527,10 +677,18 @@ fn span_name(secs: u64) -> String {
 fn span_label(secs: u64) -> String {
     if secs % 86_400 == 0 {
         let d = secs / 86_400;
-        if d == 1 { "day".into() } else { format!("{d} days") }
+        if d == 1 {
+            "day".into()
+        } else {
+            format!("{d} days")
+        }
     } else if secs % 3600 == 0 {
         let h = secs / 3600;
-        if h == 1 { "hour".into() } else { format!("{h} hours") }
+        if h == 1 {
+            "hour".into()
+        } else {
+            format!("{h} hours")
+        }
     } else {
         format!("{} minutes", secs.div_ceil(60))
     }
@@ -552,8 +710,16 @@ fn humanize(name: &str) -> String {
 fn type_words(t: &str) -> (String, String) {
     const KNOWN: &[(&str, &str, &str)] = &[
         ("commerce.purchases", "purchases", "purchase"),
-        ("commerce.productListAdds", "cart additions", "cart addition"),
-        ("commerce.productListRemovals", "cart removals", "cart removal"),
+        (
+            "commerce.productListAdds",
+            "cart additions",
+            "cart addition",
+        ),
+        (
+            "commerce.productListRemovals",
+            "cart removals",
+            "cart removal",
+        ),
         ("commerce.productListOpens", "cart opens", "cart open"),
         ("commerce.productViews", "product views", "product view"),
         ("commerce.checkouts", "checkouts", "checkout"),
@@ -561,8 +727,16 @@ fn type_words(t: &str) -> (String, String) {
         ("web.webinteraction.linkClicks", "link clicks", "link click"),
         ("directMarketing.emailSent", "emails sent", "email sent"),
         ("directMarketing.emailOpened", "email opens", "email open"),
-        ("directMarketing.emailClicked", "email clicks", "email click"),
-        ("directMarketing.emailUnsubscribed", "email unsubscribes", "email unsubscribe"),
+        (
+            "directMarketing.emailClicked",
+            "email clicks",
+            "email click",
+        ),
+        (
+            "directMarketing.emailUnsubscribed",
+            "email unsubscribes",
+            "email unsubscribe",
+        ),
         ("support.ticketOpened", "support tickets", "support ticket"),
         ("application.launch", "app launches", "app launch"),
     ];
@@ -586,7 +760,15 @@ mod tests {
             numeric_fields: vec!["value".into()],
             exclude: vec![],
         };
-        FeatureSpec::new(&cfg, store, &ProfileTable { include: vec![true], exclude: vec![false], ..Default::default() })
+        FeatureSpec::new(
+            &cfg,
+            store,
+            &ProfileTable {
+                include: vec![true],
+                exclude: vec![false],
+                ..Default::default()
+            },
+        )
     }
 
     fn store(events: &[(i64, u32, u32, f32)]) -> EventStore {
@@ -605,7 +787,11 @@ mod tests {
     }
 
     fn features(st: &EventStore, spec: &FeatureSpec, cutoff: i64) -> Vec<f32> {
-        let profiles = ProfileTable { include: vec![true], exclude: vec![false], ..Default::default() };
+        let profiles = ProfileTable {
+            include: vec![true],
+            exclude: vec![false],
+            ..Default::default()
+        };
         let mut out = vec![0.0; spec.len()];
         spec.compute(st, &profiles, 0, cutoff, &mut Scratch::default(), &mut out);
         out
@@ -615,26 +801,61 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_labels_read_well() {
-        let st = store(&[(0, 0, 0, 1.0), (DAY, 1, GOAL_BIT, 5.0), (2 * DAY, 2, 2, f32::NAN)]);
+        let st = store(&[
+            (0, 0, 0, 1.0),
+            (DAY, 1, GOAL_BIT, 5.0),
+            (2 * DAY, 2, 2, f32::NAN),
+        ]);
         let spec = spec_for(&st);
-        let names: std::collections::HashSet<_> = spec.catalogue.features.iter().map(|f| &f.name).collect();
+        let names: std::collections::HashSet<_> =
+            spec.catalogue.features.iter().map(|f| &f.name).collect();
         assert_eq!(names.len(), spec.len());
-        let f = |n: &str| spec.catalogue.features.iter().find(|f| f.name == n).map(|f| f.label.clone());
-        assert_eq!(f("commerce_purchases_count_30d").as_deref(), Some("Purchases in the last 30 days"));
-        assert_eq!(f("days_since_last_commerce_purchases").as_deref(), Some("Days since last purchase"));
-        assert_eq!(f("big_count_7d").as_deref(), Some("Big events in the last 7 days"));
-        assert_eq!(f("value_max_90d").as_deref(), Some("Largest value in the last 90 days"));
-        assert_eq!(f("event_count_trend_30d").as_deref(), Some("Change in events, last 30 days vs the 30 days before"));
+        let f = |n: &str| {
+            spec.catalogue
+                .features
+                .iter()
+                .find(|f| f.name == n)
+                .map(|f| f.label.clone())
+        };
+        assert_eq!(
+            f("commerce_purchases_count_30d").as_deref(),
+            Some("Purchases in the last 30 days")
+        );
+        assert_eq!(
+            f("days_since_last_commerce_purchases").as_deref(),
+            Some("Days since last purchase")
+        );
+        assert_eq!(
+            f("big_count_7d").as_deref(),
+            Some("Big events in the last 7 days")
+        );
+        assert_eq!(
+            f("value_max_90d").as_deref(),
+            Some("Largest value in the last 90 days")
+        );
+        assert_eq!(
+            f("event_count_trend_30d").as_deref(),
+            Some("Change in events, last 30 days vs the 30 days before")
+        );
     }
 
     #[test]
     fn values_at_a_cutoff() {
         let c = 100 * DAY;
         // Purchases (type 1, goal) 2 and 20 days before the cutoff; a view 40 days before.
-        let st = store(&[(c - 2 * DAY, 1, GOAL_BIT, 10.0), (c - 20 * DAY, 1, GOAL_BIT, 30.0), (c - 40 * DAY, 0, 0, f32::NAN)]);
+        let st = store(&[
+            (c - 2 * DAY, 1, GOAL_BIT, 10.0),
+            (c - 20 * DAY, 1, GOAL_BIT, 30.0),
+            (c - 40 * DAY, 0, 0, f32::NAN),
+        ]);
         let spec = spec_for(&st);
         let v = features(&st, &spec, c);
-        let get = |n: &str| v[spec.catalogue.index(n).unwrap_or_else(|| panic!("no feature {n}"))];
+        let get = |n: &str| {
+            v[spec
+                .catalogue
+                .index(n)
+                .unwrap_or_else(|| panic!("no feature {n}"))]
+        };
         assert_eq!(get("days_since_last_event"), 2.0);
         assert_eq!(get("days_since_first_event"), 40.0);
         assert_eq!(get("event_count_7d"), 1.0);
@@ -660,7 +881,13 @@ mod tests {
         let spec = spec_for(&st);
         let v = features(&st, &spec, c);
         assert_eq!(v[spec.catalogue.index("event_count_90d").unwrap_or(0)], 1.0);
-        assert!(v[spec.catalogue.index("days_since_last_goal_event").unwrap_or(0)].is_nan());
+        assert!(
+            v[spec
+                .catalogue
+                .index("days_since_last_goal_event")
+                .unwrap_or(0)]
+            .is_nan()
+        );
     }
 
     proptest! {

@@ -18,7 +18,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Float64Array, StringArray, StructArray, TimestampMicrosecondArray,
+    ArrayRef, BooleanArray, Date32Array, Float64Array, StringArray, StructArray,
+    TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -104,10 +105,23 @@ const PING: u8 = 8;
 const CHANNELS: &[&str] = &["web", "mobile", "email"];
 
 const COUNTRIES: &[(&str, f64)] = &[
-    ("US", 0.34), ("DE", 0.15), ("GB", 0.12), ("FR", 0.10), ("NL", 0.06), ("ES", 0.06), ("IT", 0.06), ("CA", 0.06), ("AT", 0.03), ("CH", 0.02),
+    ("US", 0.34),
+    ("DE", 0.15),
+    ("GB", 0.12),
+    ("FR", 0.10),
+    ("NL", 0.06),
+    ("ES", 0.06),
+    ("IT", 0.06),
+    ("CA", 0.06),
+    ("AT", 0.03),
+    ("CH", 0.02),
 ];
 const SIGNUP: &[(&str, f64, f64)] = &[
-    ("organic", 0.35, 0.1), ("paid_search", 0.25, 0.0), ("social", 0.2, -0.3), ("email", 0.1, 0.2), ("referral", 0.1, 0.35),
+    ("organic", 0.35, 0.1),
+    ("paid_search", 0.25, 0.0),
+    ("social", 0.2, -0.3),
+    ("email", 0.1, 0.2),
+    ("referral", 0.1, 0.35),
 ];
 const TIERS: &[&str] = &["none", "bronze", "silver", "gold"];
 
@@ -171,16 +185,29 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
     let country = pick(&mut rng, COUNTRIES, |c| c.1).0;
     let (signup_channel, _, ch_effect) = *pick(&mut rng, SIGNUP, |s| s.1);
     let tier_score = latent + 0.8 * normal(&mut rng);
-    let tier_idx = if tier_score > 1.3 { 3 } else if tier_score > 0.6 { 2 } else if tier_score > -0.1 { 1 } else { 0 };
+    let tier_idx = if tier_score > 1.3 {
+        3
+    } else if tier_score > 0.6 {
+        2
+    } else if tier_score > -0.1 {
+        1
+    } else {
+        0
+    };
     let tier = TIERS[tier_idx];
     let opt_in = rng.random::<f64>() < (0.55 + 0.1 * latent).clamp(0.1, 0.95);
     let days_i = days as i32;
-    let signup_day = if rng.random::<f64>() < 0.35 { -rng.random_range(1..720) } else { rng.random_range(0..days_i.max(1)) };
+    let signup_day = if rng.random::<f64>() < 0.35 {
+        -rng.random_range(1..720)
+    } else {
+        rng.random_range(0..days_i.max(1))
+    };
     // Sessions per day while active, and the drift of the propensity per year.
     let rate = scale * (-2.4 + 0.45 * latent + 0.6 * normal(&mut rng)).exp();
     let slope = 0.9 * normal(&mut rng);
     let base = -2.0 + 0.9 * latent + 0.25 * tier_idx as f64 + ch_effect;
-    let churn_day = (rng.random::<f64>() < 0.45).then(|| signup_day.max(0) + rng.random_range(0..(days_i + 240)));
+    let churn_day = (rng.random::<f64>() < 0.45)
+        .then(|| signup_day.max(0) + rng.random_range(0..(days_i + 240)));
     let q_at = |day: f64| sigmoid(base + slope * (day - f64::from(days_i) / 2.0) / 365.0);
     let rate_at = |day: f64| match churn_day {
         Some(c) if day >= f64::from(c) => rate * 0.03,
@@ -194,7 +221,12 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
         // Monitoring traffic: a ping a day from a synthetic profile.
         for d in signup_day.max(0)..days_i {
             let ts = start + i64::from(d) * MICROS_PER_DAY + rng.random_range(0..MICROS_PER_DAY);
-            events.push(Event { ts, kind: PING, channel: 0, price: None });
+            events.push(Event {
+                ts,
+                kind: PING,
+                channel: 0,
+                price: None,
+            });
         }
     } else {
         // Sessions: a Poisson process thinned by the current rate.
@@ -212,10 +244,16 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
             let mobile = rng.random::<f64>() < 0.4;
             let channel = u8::from(mobile);
             let mut ts = start + (day * day_us) as i64;
-            let mut emit = |events: &mut Vec<Event>, kind: u8, price: Option<f64>, rng: &mut ChaCha8Rng| {
-                events.push(Event { ts, kind, channel, price });
-                ts += rng.random_range(5_000_000..240_000_000);
-            };
+            let mut emit =
+                |events: &mut Vec<Event>, kind: u8, price: Option<f64>, rng: &mut ChaCha8Rng| {
+                    events.push(Event {
+                        ts,
+                        kind,
+                        channel,
+                        price,
+                    });
+                    ts += rng.random_range(5_000_000..240_000_000);
+                };
             let pages = 1 + (rng.random::<f64>() * 4.0) as u32;
             for _ in 0..pages {
                 emit(&mut events, PAGE, None, &mut rng);
@@ -232,14 +270,18 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
                             let price = if rng.random::<f64>() < 0.03 {
                                 0.0
                             } else {
-                                ((3.7 + 0.2 * tier_idx as f64 + 0.6 * normal(&mut rng)).exp() * 100.0).round() / 100.0
+                                ((3.7 + 0.2 * tier_idx as f64 + 0.6 * normal(&mut rng)).exp()
+                                    * 100.0)
+                                    .round()
+                                    / 100.0
                             };
                             emit(&mut events, PURCHASE, Some(price), &mut rng);
                         }
                     }
                 }
             }
-            let near_churn = churn_day.is_some_and(|c| day < f64::from(c) && f64::from(c) - day < 30.0);
+            let near_churn =
+                churn_day.is_some_and(|c| day < f64::from(c) && f64::from(c) - day < 30.0);
             if rng.random::<f64>() < if near_churn { 0.12 } else { 0.01 } {
                 emit(&mut events, TICKET, None, &mut rng);
             }
@@ -254,10 +296,22 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
                 let q = q_at(df);
                 let p_open = if churned { 0.04 } else { 0.12 + 0.35 * q };
                 if rng.random::<f64>() < p_open {
-                    let ts = start + (df * day_us) as i64 + rng.random_range(8 * 3_600_000_000i64..20 * 3_600_000_000);
-                    events.push(Event { ts, kind: OPEN, channel: 2, price: None });
+                    let ts = start
+                        + (df * day_us) as i64
+                        + rng.random_range(8 * 3_600_000_000i64..20 * 3_600_000_000);
+                    events.push(Event {
+                        ts,
+                        kind: OPEN,
+                        channel: 2,
+                        price: None,
+                    });
                     if rng.random::<f64>() < 0.3 {
-                        events.push(Event { ts: ts + rng.random_range(10_000_000..600_000_000), kind: CLICK, channel: 2, price: None });
+                        events.push(Event {
+                            ts: ts + rng.random_range(10_000_000..600_000_000),
+                            kind: CLICK,
+                            channel: 2,
+                            price: None,
+                        });
                     }
                 }
                 d += 7;
@@ -267,7 +321,10 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
     events.sort_by_key(|e| e.ts);
     // The truth: the chance of at least one purchase in the 30 days after `end`.
     let end_day = f64::from(days_i);
-    let purchases_per_session = 0.6 * (0.12 + 0.5 * q_at(end_day)) * (0.5 + 0.3 * q_at(end_day)) * (0.35 + 0.6 * q_at(end_day));
+    let purchases_per_session = 0.6
+        * (0.12 + 0.5 * q_at(end_day))
+        * (0.5 + 0.3 * q_at(end_day))
+        * (0.35 + 0.6 * q_at(end_day));
     let p30 = 1.0 - (-30.0 * rate_at(end_day) * purchases_per_session).exp();
     Profile {
         id,
@@ -292,7 +349,9 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, String> {
         Some(target) if opts.profiles > 0 => {
             // A deterministic pilot on the first profiles measures events per profile.
             let pilot = opts.profiles.min(2000);
-            let n: usize = (0..pilot).map(|i| simulate(opts.seed, i, opts.days, start, 1.0).events.len()).sum();
+            let n: usize = (0..pilot)
+                .map(|i| simulate(opts.seed, i, opts.days, start, 1.0).events.len())
+                .sum();
             let per = n.max(1) as f64 / pilot as f64;
             (target as f64 / opts.profiles as f64 / per).max(1e-3)
         }
@@ -307,7 +366,9 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, String> {
     let schema = event_schema();
     let mut writer = EventWriter::new(&tmp_events, schema, opts)?;
     let mut profiles: Vec<Profile> = Vec::with_capacity(opts.profiles);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8);
     let chunk = 4096;
     let mut first = i64::MAX;
     let mut total = 0u64;
@@ -317,10 +378,16 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, String> {
                 .map(|t| {
                     let lo = (base + t * chunk).min(opts.profiles);
                     let hi = (lo + chunk).min(opts.profiles);
-                    s.spawn(move || (lo..hi).map(|i| simulate(opts.seed, i, opts.days, start, scale)).collect::<Vec<_>>())
+                    s.spawn(move || {
+                        (lo..hi)
+                            .map(|i| simulate(opts.seed, i, opts.days, start, scale))
+                            .collect::<Vec<_>>()
+                    })
                 })
                 .collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+            hs.into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
         });
         for mut p in batch.into_iter().flatten() {
             for e in &p.events {
@@ -358,7 +425,11 @@ pub fn event_schema() -> SchemaRef {
     let identity = Fields::from(vec![Field::new("ECID", DataType::Utf8, false)]);
     Arc::new(Schema::new(vec![
         Field::new("identityMap", DataType::Struct(identity), false),
-        Field::new("timestamp", DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false),
+        Field::new(
+            "timestamp",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            false,
+        ),
         Field::new("eventType", DataType::Utf8, false),
         Field::new("channel", DataType::Utf8, false),
         Field::new("commerce", DataType::Struct(commerce), false),
@@ -405,7 +476,12 @@ impl<'a> EventWriter<'a> {
             self.kinds.push(TYPES[e.kind as usize]);
             self.channels.push(CHANNELS[e.channel as usize]);
             self.prices.push(e.price);
-            if self.ids.len() >= self.opts.row_group_size.min(self.opts.rows_per_file - self.file_rows) {
+            if self.ids.len()
+                >= self
+                    .opts
+                    .row_group_size
+                    .min(self.opts.rows_per_file - self.file_rows)
+            {
                 self.flush()?;
             }
         }
@@ -429,7 +505,9 @@ impl<'a> EventWriter<'a> {
         )]);
         let cols: Vec<ArrayRef> = vec![
             Arc::new(identity),
-            Arc::new(TimestampMicrosecondArray::from(std::mem::take(&mut self.ts)).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from(std::mem::take(&mut self.ts)).with_timezone("UTC"),
+            ),
             Arc::new(StringArray::from(std::mem::take(&mut self.kinds))),
             Arc::new(StringArray::from(std::mem::take(&mut self.channels))),
             Arc::new(commerce),
@@ -456,10 +534,15 @@ impl<'a> EventWriter<'a> {
                         .set_compression(Compression::SNAPPY)
                         .set_max_row_group_row_count(Some(self.opts.row_group_size))
                         .build();
-                    self.parquet = Some(ArrowWriter::try_new(file, self.schema.clone(), Some(props)).map_err(|e| e.to_string())?);
+                    self.parquet = Some(
+                        ArrowWriter::try_new(file, self.schema.clone(), Some(props))
+                            .map_err(|e| e.to_string())?,
+                    );
                 }
                 EventFormat::Ndjson => {
-                    self.json = Some(arrow::json::LineDelimitedWriter::new(std::io::BufWriter::new(file)));
+                    self.json = Some(arrow::json::LineDelimitedWriter::new(
+                        std::io::BufWriter::new(file),
+                    ));
                 }
             }
             self.files += 1;
@@ -510,11 +593,24 @@ fn write_profiles(out: &Path, profiles: &[Profile], start: i64) -> Result<(), St
         schema.clone(),
         vec![
             Arc::new(ids()),
-            Arc::new(StringArray::from_iter_values(profiles.iter().map(|p| p.country))),
-            Arc::new(StringArray::from_iter_values(profiles.iter().map(|p| p.tier))),
-            Arc::new(StringArray::from_iter_values(profiles.iter().map(|p| p.signup_channel))),
-            Arc::new(BooleanArray::from(profiles.iter().map(|p| p.opt_in).collect::<Vec<_>>())),
-            Arc::new(Date32Array::from(profiles.iter().map(|p| day0 + p.signup_day).collect::<Vec<_>>())),
+            Arc::new(StringArray::from_iter_values(
+                profiles.iter().map(|p| p.country),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                profiles.iter().map(|p| p.tier),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                profiles.iter().map(|p| p.signup_channel),
+            )),
+            Arc::new(BooleanArray::from(
+                profiles.iter().map(|p| p.opt_in).collect::<Vec<_>>(),
+            )),
+            Arc::new(Date32Array::from(
+                profiles
+                    .iter()
+                    .map(|p| day0 + p.signup_day)
+                    .collect::<Vec<_>>(),
+            )),
         ],
     )
     .map_err(|e| e.to_string())?;
@@ -529,9 +625,18 @@ fn write_profiles(out: &Path, profiles: &[Profile], start: i64) -> Result<(), St
         truth_schema,
         vec![
             Arc::new(ids()),
-            Arc::new(Float64Array::from(profiles.iter().map(|p| p.latent).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(profiles.iter().map(|p| p.p30).collect::<Vec<_>>())),
-            Arc::new(Date32Array::from(profiles.iter().map(|p| p.churn_day.map(|d| day0 + d)).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                profiles.iter().map(|p| p.latent).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                profiles.iter().map(|p| p.p30).collect::<Vec<_>>(),
+            )),
+            Arc::new(Date32Array::from(
+                profiles
+                    .iter()
+                    .map(|p| p.churn_day.map(|d| day0 + d))
+                    .collect::<Vec<_>>(),
+            )),
         ],
     )
     .map_err(|e| e.to_string())?;
@@ -544,8 +649,11 @@ fn write_one(out: &Path, name: &str, batch: &RecordBatch) -> Result<(), String> 
     fs::create_dir_all(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let path = tmp.join(format!("{name}.parquet"));
     let file = fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut w =
+        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| e.to_string())?;
     w.write(batch).map_err(|e| e.to_string())?;
     w.close().map_err(|e| e.to_string())?;
     replace_dir(&tmp, &out.join(name))

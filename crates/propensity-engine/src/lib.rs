@@ -50,7 +50,11 @@ pub struct EngineError {
 
 impl EngineError {
     pub fn new(domain: Domain, message: impl Into<String>) -> Self {
-        Self { domain, message: message.into(), hint: None }
+        Self {
+            domain,
+            message: message.into(),
+            hint: None,
+        }
     }
     pub fn user(message: impl Into<String>) -> Self {
         Self::new(Domain::User, message)
@@ -71,7 +75,9 @@ impl EngineError {
 /// DataFusion wraps errors in context layers; users need the innermost message.
 pub(crate) fn df_message(e: &datafusion::error::DataFusionError) -> String {
     let s = e.find_root().to_string();
-    s.trim_start_matches("External error: ").trim_start_matches("Object Store error: ").to_owned()
+    s.trim_start_matches("External error: ")
+        .trim_start_matches("Object Store error: ")
+        .to_owned()
 }
 
 /// A failure while reading data: a parse error in a file is the user's to fix, a store or
@@ -81,7 +87,11 @@ pub(crate) fn read_error(e: datafusion::error::DataFusionError, display: &str) -
     let root = e.find_root();
     let domain = match root {
         E::ObjectStore(_) | E::IoError(_) => Domain::External,
-        E::ArrowError(..) | E::ParquetError(_) | E::SchemaError(..) | E::Plan(_) | E::Execution(_) => Domain::User,
+        E::ArrowError(..)
+        | E::ParquetError(_)
+        | E::SchemaError(..)
+        | E::Plan(_)
+        | E::Execution(_) => Domain::User,
         E::ResourcesExhausted(_) => Domain::External,
         _ => Domain::Internal,
     };
@@ -128,7 +138,11 @@ impl EngineOptions {
     /// From the job's `[engine]` table, the process environment and the wall clock.
     pub fn from_job(job: &Job, job_dir: &Path) -> Result<Self, EngineError> {
         match &job.engine {
-            EngineSpec::Embedded { memory_limit, spill_dir, target_partitions } => Ok(Self {
+            EngineSpec::Embedded {
+                memory_limit,
+                spill_dir,
+                target_partitions,
+            } => Ok(Self {
                 memory_limit: usize::try_from(*memory_limit).unwrap_or(usize::MAX),
                 spill_dir: spill_dir.as_ref().map(|d| job_dir.join(d)),
                 target_partitions: *target_partitions as usize,
@@ -151,7 +165,9 @@ pub struct Engine {
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine").field("opts", &self.opts).finish_non_exhaustive()
+        f.debug_struct("Engine")
+            .field("opts", &self.opts)
+            .finish_non_exhaustive()
     }
 }
 
@@ -169,20 +185,31 @@ pub struct Loaded {
 
 impl Engine {
     pub fn new(opts: EngineOptions) -> Result<Self, EngineError> {
-        let mut rt = RuntimeEnvBuilder::new().with_memory_limit(opts.memory_limit.max(64 << 20), 1.0);
+        let mut rt =
+            RuntimeEnvBuilder::new().with_memory_limit(opts.memory_limit.max(64 << 20), 1.0);
         if let Some(dir) = &opts.spill_dir {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| EngineError::user(format!("engine.spill_dir `{}`: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                EngineError::user(format!("engine.spill_dir `{}`: {e}", dir.display()))
+            })?;
             rt = rt.with_temp_file_path(dir.clone());
         }
-        let rt = rt.build_arc().map_err(|e| EngineError::internal(df_message(&e)))?;
+        let rt = rt
+            .build_arc()
+            .map_err(|e| EngineError::internal(df_message(&e)))?;
         let mut config = SessionConfig::new();
         if opts.target_partitions > 0 {
             config = config.with_target_partitions(opts.target_partitions);
         }
         // Plain Utf8 strings: the scan reads them without a conversion.
-        config.options_mut().execution.parquet.schema_force_view_types = false;
-        Ok(Self { ctx: SessionContext::new_with_config_rt(config, rt), opts })
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
+        Ok(Self {
+            ctx: SessionContext::new_with_config_rt(config, rt),
+            opts,
+        })
     }
 
     pub fn context(&self) -> &SessionContext {
@@ -192,7 +219,12 @@ impl Engine {
     /// Reads and checks the job's sources for a run at `as_of`. Fails on problems that stop
     /// everything (a missing column, a source that cannot be read); data-quality problems
     /// above the job's thresholds are in `report.problems` with `passed = false`.
-    pub async fn load(&self, job: &Job, job_dir: &Path, as_of: DateTime<Utc>) -> Result<Loaded, EngineError> {
+    pub async fn load(
+        &self,
+        job: &Job,
+        job_dir: &Path,
+        as_of: DateTime<Utc>,
+    ) -> Result<Loaded, EngineError> {
         let Some(rule) = LabelRule::from_job(job) else {
             let propensity_core::Goal::Plugin(p) = &job.goal else {
                 return Err(EngineError::internal("goal without a rule"));
@@ -223,7 +255,16 @@ impl Engine {
         };
 
         let t = Instant::now();
-        let src = source::open(&self.ctx, &job.events.location, job.events.format, &job.events.storage, job_dir, &self.opts.env, "source.events").await?;
+        let src = source::open(
+            &self.ctx,
+            &job.events.location,
+            job.events.format,
+            &job.events.storage,
+            job_dir,
+            &self.opts.env,
+            "source.events",
+        )
+        .await?;
         tracing::info!(job = %job.name, source = %src.display, files = src.files, "reading events");
         let (store, counts) = events::scan(job, src.frame, &src.display, range).await?;
         timings.push(("events", t.elapsed().as_secs_f64()));
@@ -232,7 +273,16 @@ impl Engine {
         let t = Instant::now();
         let profiles = match &job.profiles {
             Some(p) => {
-                let src_p = source::open(&self.ctx, &p.location, p.format, &p.storage, job_dir, &self.opts.env, "source.profiles").await?;
+                let src_p = source::open(
+                    &self.ctx,
+                    &p.location,
+                    p.format,
+                    &p.storage,
+                    job_dir,
+                    &self.opts.env,
+                    "source.profiles",
+                )
+                .await?;
                 profiles::load(job, src_p.frame, &src_p.display, &store).await?
             }
             None => profiles::empty(job, &store)?,
@@ -253,21 +303,32 @@ impl Engine {
         };
         let history = checks::history(&section.counts, first, last, &plan);
         let profile_counts = job.profiles.as_ref().map(|_| profiles.counts.clone());
-        let (problems, mut warnings) = checks::evaluate(&section, profile_counts.as_ref(), &history);
+        let (problems, mut warnings) =
+            checks::evaluate(&section, profile_counts.as_ref(), &history);
         let mut cutoff_rows = Vec::new();
         let mut scoring_eligible = 0;
         let mut sufficiency = None;
         if problems.is_empty() {
             let mut cuts = plan.training.clone();
             cuts.push(plan.as_of);
-            let mut counts = dataset::label_counts(&store, &profiles, &cuts, plan.window, plan.active_within, rule);
+            let mut counts = dataset::label_counts(
+                &store,
+                &profiles,
+                &cuts,
+                plan.window,
+                plan.active_within,
+                rule,
+            );
             let scoring = counts.pop();
             scoring_eligible = scoring.map_or(0, |c| c.eligible);
             cutoff_rows = plan
                 .training
                 .iter()
                 .zip(&counts)
-                .map(|(c, n)| checks::CutoffRow { cutoff: rfc3339(*c), counts: *n })
+                .map(|(c, n)| checks::CutoffRow {
+                    cutoff: rfc3339(*c),
+                    counts: *n,
+                })
                 .collect();
             sufficiency = Some(checks::sufficiency(
                 &store,
@@ -292,15 +353,22 @@ impl Engine {
         if !spec.catalogue.unknown_excludes.is_empty() {
             warnings.push(checks::Finding {
                 code: "unknown-feature-exclude",
-                message: format!("features.exclude names no feature: {}", spec.catalogue.unknown_excludes.join(", ")),
-                hint: "feature names are listed in the feature catalogue of this report's run".into(),
+                message: format!(
+                    "features.exclude names no feature: {}",
+                    spec.catalogue.unknown_excludes.join(", ")
+                ),
+                hint: "feature names are listed in the feature catalogue of this report's run"
+                    .into(),
             });
         }
         timings.push(("checks", t.elapsed().as_secs_f64()));
         let report = DataCheckReport {
             job: job.name.clone(),
             as_of: rfc3339(as_of_us),
-            checked_at: self.opts.now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            checked_at: self
+                .opts
+                .now
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             events: section,
             profiles: profile_counts,
             history,
@@ -312,22 +380,36 @@ impl Engine {
             problems,
             warnings,
         };
-        Ok(Loaded { job: job.clone(), plan, store, profiles, report, timings })
+        Ok(Loaded {
+            job: job.clone(),
+            plan,
+            store,
+            profiles,
+            report,
+            timings,
+        })
     }
 }
 
 fn parse_rfc3339(s: &str) -> Option<i64> {
-    DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_micros())
+    DateTime::parse_from_rfc3339(s)
+        .ok()
+        .map(|d| d.timestamp_micros())
 }
 
 impl Loaded {
     pub fn feature_spec(&self) -> FeatureSpec {
-        FeatureSpec::new(&FeatureConfig::from_job(&self.job), &self.store, &self.profiles)
+        FeatureSpec::new(
+            &FeatureConfig::from_job(&self.job),
+            &self.store,
+            &self.profiles,
+        )
     }
 
     /// Feature rows and labels of every training cutoff and the scoring cutoff, in one pass.
     pub fn dataset(&self, spec: &FeatureSpec) -> Result<Dataset, EngineError> {
-        let rule = LabelRule::from_job(&self.job).ok_or_else(|| EngineError::internal("plugin goal reached the built-in labeller"))?;
+        let rule = LabelRule::from_job(&self.job)
+            .ok_or_else(|| EngineError::internal("plugin goal reached the built-in labeller"))?;
         let t = Instant::now();
         let d = dataset::build(&self.store, &self.profiles, spec, &self.plan, rule);
         tracing::info!(

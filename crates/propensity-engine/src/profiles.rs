@@ -22,7 +22,10 @@ pub enum AttrValues {
     /// Numbers and booleans (0/1); NaN where missing.
     Numeric(Vec<f32>),
     /// Category index into `values`; `u32::MAX` where missing.
-    Categorical { codes: Vec<u32>, values: Vec<String> },
+    Categorical {
+        codes: Vec<u32>,
+        values: Vec<String>,
+    },
     /// Dates and timestamps, microseconds UTC; `i64::MIN` where missing. Features use the
     /// days between this and the cutoff.
     Time(Vec<i64>),
@@ -69,7 +72,10 @@ enum Kind {
 
 /// Without a profiles table: everyone is included, nobody excluded, no attributes.
 pub fn empty(job: &Job, store: &EventStore) -> Result<ProfileTable, EngineError> {
-    for (key, p) in [("include", &job.eligibility.include), ("exclude", &job.eligibility.exclude)] {
+    for (key, p) in [
+        ("include", &job.eligibility.include),
+        ("exclude", &job.eligibility.exclude),
+    ] {
         if let Some(p) = p {
             return Err(EngineError::user(format!(
                 "eligibility.{key} `{}` uses profile attributes, but the job has no [source.profiles]",
@@ -83,12 +89,22 @@ pub fn empty(job: &Job, store: &EventStore) -> Result<ProfileTable, EngineError>
         attributes: Vec::new(),
         include: vec![true; n],
         exclude: vec![false; n],
-        counts: ProfileCounts { matched: 0, without_row: n as u64, included: n as u64, ..Default::default() },
+        counts: ProfileCounts {
+            matched: 0,
+            without_row: n as u64,
+            included: n as u64,
+            ..Default::default()
+        },
     })
 }
 
 /// Reads the profiles table once and lines it up with the event store's profiles.
-pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore) -> Result<ProfileTable, EngineError> {
+pub async fn load(
+    job: &Job,
+    frame: DataFrame,
+    display: &str,
+    store: &EventStore,
+) -> Result<ProfileTable, EngineError> {
     let Some(src) = &job.profiles else {
         return empty(job, store);
     };
@@ -105,7 +121,10 @@ pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore
             None
         }
         Err(m) => {
-            errors.push(format!("source.profiles.profile_id = \"{}\": {m}", src.profile_id));
+            errors.push(format!(
+                "source.profiles.profile_id = \"{}\": {m}",
+                src.profile_id
+            ));
             None
         }
     };
@@ -115,7 +134,12 @@ pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore
             .fields()
             .iter()
             .filter(|f| f.name() != id_top && src.profile_id.to_string() != *f.name())
-            .filter(|f| !matches!(f.data_type(), DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_)))
+            .filter(|f| {
+                !matches!(
+                    f.data_type(),
+                    DataType::Struct(_) | DataType::List(_) | DataType::LargeList(_)
+                )
+            })
             .map(|f| f.name().clone())
             .collect()
     } else {
@@ -164,7 +188,9 @@ pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore
             msg.push_str("\n  - ");
             msg.push_str(e);
         }
-        return Err(EngineError::user(msg).hint("fix [source.profiles] or the eligibility predicates"));
+        return Err(
+            EngineError::user(msg).hint("fix [source.profiles] or the eligibility predicates")
+        );
     }
     let Some(id) = id else {
         return Err(EngineError::internal("profile id error was not reported"));
@@ -174,17 +200,32 @@ pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore
         exprs.push(match kind {
             Kind::Numeric | Kind::Bool => cast(f.expr.clone(), DataType::Float64),
             Kind::Categorical => cast(f.expr.clone(), DataType::Utf8),
-            Kind::Time => cast(f.expr.clone(), DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None)),
+            Kind::Time => cast(
+                f.expr.clone(),
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+            ),
         });
     }
-    let exprs: Vec<Expr> = exprs.into_iter().enumerate().map(|(i, e)| e.alias(format!("c{i}"))).collect();
-    let frame = frame
-        .select(exprs)
-        .map_err(|e| EngineError::internal(format!("profiles projection: {}", crate::df_message(&e))))?;
-    let mut stream = frame.execute_stream().await.map_err(|e| crate::read_error(e, display))?;
+    let exprs: Vec<Expr> = exprs
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| e.alias(format!("c{i}")))
+        .collect();
+    let frame = frame.select(exprs).map_err(|e| {
+        EngineError::internal(format!("profiles projection: {}", crate::df_message(&e)))
+    })?;
+    let mut stream = frame
+        .execute_stream()
+        .await
+        .map_err(|e| crate::read_error(e, display))?;
 
     let n = store.profiles();
-    let index: HashMap<&str, usize> = store.profile_ids.iter().enumerate().map(|(i, s)| (s.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = store
+        .profile_ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i))
+        .collect();
     let mut seen = vec![false; n];
     let mut table = ProfileTable {
         attributes: attrs
@@ -193,7 +234,10 @@ pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore
                 name: name.clone(),
                 values: match kind {
                     Kind::Numeric | Kind::Bool => AttrValues::Numeric(vec![f32::NAN; n]),
-                    Kind::Categorical => AttrValues::Categorical { codes: vec![u32::MAX; n], values: Vec::new() },
+                    Kind::Categorical => AttrValues::Categorical {
+                        codes: vec![u32::MAX; n],
+                        values: Vec::new(),
+                    },
                     Kind::Time => AttrValues::Time(vec![i64::MIN; n]),
                 },
             })
@@ -219,7 +263,9 @@ pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore
                 table.counts.null_profile_id += 1;
                 continue;
             }
-            let Some(&p) = index.get(ids.value(r)) else { continue };
+            let Some(&p) = index.get(ids.value(r)) else {
+                continue;
+            };
             if seen[p] {
                 table.counts.duplicate_profile_id += 1;
                 continue;
@@ -233,8 +279,12 @@ pub async fn load(job: &Job, frame: DataFrame, display: &str, store: &EventStore
                     continue;
                 }
                 match &mut attr.values {
-                    AttrValues::Numeric(v) => v[p] = col.as_primitive::<Float64Type>().value(r) as f32,
-                    AttrValues::Time(v) => v[p] = col.as_primitive::<TimestampMicrosecondType>().value(r),
+                    AttrValues::Numeric(v) => {
+                        v[p] = col.as_primitive::<Float64Type>().value(r) as f32
+                    }
+                    AttrValues::Time(v) => {
+                        v[p] = col.as_primitive::<TimestampMicrosecondType>().value(r)
+                    }
                     AttrValues::Categorical { codes, values } => {
                         let s = col.as_string::<i32>().value(r);
                         let code = match cat_index[j].get(s) {

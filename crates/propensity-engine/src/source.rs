@@ -139,7 +139,10 @@ fn list_error(e: datafusion::error::DataFusionError, what: &str, display: &str) 
     } else {
         Domain::External
     };
-    EngineError::new(domain, format!("{what}.uri `{display}`: cannot list files: {msg}"))
+    EngineError::new(
+        domain,
+        format!("{what}.uri `{display}`: cannot list files: {msg}"),
+    )
 }
 
 pub fn format_name(f: DataFormat) -> &'static str {
@@ -163,14 +166,22 @@ pub fn infer_format(uri: &str) -> Option<DataFormat> {
 }
 
 /// Splits a location into DataFusion's listing URL (base + glob) and the actual scheme.
-fn listing_url(text: &str, written: Scheme, job_dir: &Path) -> Result<(ListingTableUrl, Scheme), String> {
+fn listing_url(
+    text: &str,
+    written: Scheme,
+    job_dir: &Path,
+) -> Result<(ListingTableUrl, Scheme), String> {
     let scheme = match written {
         Scheme::FromEnv => scheme_of(text)?,
         s => s,
     };
     if scheme == Scheme::Path {
         let p = Path::new(text);
-        let abs: PathBuf = if p.is_absolute() { p.to_owned() } else { job_dir.join(p) };
+        let abs: PathBuf = if p.is_absolute() {
+            p.to_owned()
+        } else {
+            job_dir.join(p)
+        };
         let mut s = abs.to_string_lossy().into_owned();
         if text.ends_with('/') && !s.ends_with('/') {
             s.push('/');
@@ -181,7 +192,10 @@ fn listing_url(text: &str, written: Scheme, job_dir: &Path) -> Result<(ListingTa
     // URLs: DataFusion expands globs only in paths, so split `base/` and `glob` here.
     let (base, glob) = match text.find(GLOB_CHARS) {
         Some(i) => {
-            let cut = text[..i].rfind('/').map(|j| j + 1).ok_or("a glob needs a directory before it")?;
+            let cut = text[..i]
+                .rfind('/')
+                .map(|j| j + 1)
+                .ok_or("a glob needs a directory before it")?;
             (&text[..cut], Some(&text[cut..]))
         }
         None => (text, None),
@@ -234,7 +248,9 @@ fn build_store(
             }
             if let Some(v) = get("endpoint") {
                 // Custom endpoints (MinIO, emulators) use path-style requests unless told otherwise.
-                b = b.with_endpoint(v).with_virtual_hosted_style_request(flag("virtual_hosted_style"));
+                b = b
+                    .with_endpoint(v)
+                    .with_virtual_hosted_style_request(flag("virtual_hosted_style"));
             } else if flag("virtual_hosted_style") {
                 b = b.with_virtual_hosted_style_request(true);
             }
@@ -274,9 +290,10 @@ fn build_store(
                 b = b.with_access_key(v);
             }
             if let Some(v) = get("sas_token") {
-                let pairs: Vec<(String, String)> = url::form_urlencoded::parse(v.trim_start_matches('?').as_bytes())
-                    .into_owned()
-                    .collect();
+                let pairs: Vec<(String, String)> =
+                    url::form_urlencoded::parse(v.trim_start_matches('?').as_bytes())
+                        .into_owned()
+                        .collect();
                 b = b.with_sas_authorization(pairs);
             }
             if let Some(v) = get("endpoint") {
@@ -290,7 +307,8 @@ fn build_store(
         Scheme::Http | Scheme::Https => {
             use object_store::http::HttpBuilder;
             let base = &url[..url::Position::BeforePath];
-            let mut client = object_store::ClientOptions::new().with_allow_http(scheme == Scheme::Http);
+            let mut client =
+                object_store::ClientOptions::new().with_allow_http(scheme == Scheme::Http);
             if let Some(token) = get("bearer_token") {
                 let mut headers = http::HeaderMap::new();
                 let value = http::HeaderValue::from_str(&format!("Bearer {token}"))
@@ -346,12 +364,19 @@ pub fn resolve_field(schema: &Schema, path: &FieldPath) -> Result<ResolvedField,
         };
         let child: &Field = children.iter().find(|f| f.name() == part).ok_or_else(|| {
             let names: Vec<&str> = children.iter().map(|f| f.name().as_str()).collect();
-            not_found(part, &names, &format!("field of `{}`", parts[..i].join(".")))
+            not_found(
+                part,
+                &names,
+                &format!("field of `{}`", parts[..i].join(".")),
+            )
         })?;
         expr = datafusion::functions::core::expr_fn::get_field(expr, part.as_str());
         ty = child.data_type().clone();
     }
-    Ok(ResolvedField { expr, data_type: ty })
+    Ok(ResolvedField {
+        expr,
+        data_type: ty,
+    })
 }
 
 fn not_found(name: &str, names: &[&str], what: &str) -> String {
@@ -365,7 +390,11 @@ fn not_found(name: &str, names: &[&str], what: &str) -> String {
         m.push_str(&format!("; did you mean `{c}`?"));
     }
     let shown: Vec<&str> = names.iter().take(20).copied().collect();
-    m.push_str(&format!(" (found: {}{})", shown.join(", "), if names.len() > 20 { ", …" } else { "" }));
+    m.push_str(&format!(
+        " (found: {}{})",
+        shown.join(", "),
+        if names.len() > 20 { ", …" } else { "" }
+    ));
     m
 }
 
@@ -377,7 +406,9 @@ fn strsim_close(a: &str, b: &str) -> bool {
     for (i, ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -394,7 +425,9 @@ pub fn type_name(t: &DataType) -> String {
         DataType::Timestamp(..) => "timestamp".into(),
         DataType::Date32 | DataType::Date64 => "date".into(),
         t if t.is_integer() => "integer".into(),
-        t if t.is_floating() || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) => {
+        t if t.is_floating()
+            || matches!(t, DataType::Decimal128(..) | DataType::Decimal256(..)) =>
+        {
             "number".into()
         }
         t => t.to_string(),
