@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build test lint fmt schema golden
+.PHONY: help build test lint fmt schema golden bench
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -27,3 +27,7 @@ schema: ## Regenerate schema/job-v1.schema.json from the job-file types
 
 golden: ## Rewrite golden files (tests/data/bad/*.expected, the schema) after a deliberate change
 	UPDATE_GOLDEN=1 $(CARGO) test --locked --workspace --all-targets
+
+bench: ## Feature benchmark against DuckDB (release build; needs `pip install duckdb`); see bench/README.md
+	$(CARGO) build --locked --release -p propensity-cli
+	python3 bench/run.py

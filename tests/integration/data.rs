@@ -834,3 +834,243 @@ fn the_generator_is_deterministic_by_seed() {
         );
     }
 }
+
+/// Events for the goal-operator cases. Cutoff 2026-05-11, window 10d; everyone viewed on
+/// 05-05 (eligible). In the label window: a buys 50 on web with a coupon, b buys 5 in the app,
+/// c buys 20 by email and 30 on web, d only views.
+const GOAL_EVENTS: &str = "profile_id,ts,kind,amount,channel,coupon
+a,2026-05-05T10:00:00Z,view,,web,
+b,2026-05-05T10:00:00Z,view,,app,
+c,2026-05-05T10:00:00Z,view,,web,
+d,2026-05-05T10:00:00Z,view,,web,
+a,2026-05-12T10:00:00Z,buy,50,web,SPRING26
+b,2026-05-13T10:00:00Z,buy,5,app,
+c,2026-05-14T10:00:00Z,buy,20,email,
+c,2026-05-15T10:00:00Z,buy,30,web,
+d,2026-05-15T10:00:00Z,view,,web,
+";
+
+fn goal_job(events: &str, profiles: &str, goal: &str, eligibility: &str) -> String {
+    format!(
+        r#"
+version = 1
+name = "ops"
+[source.events]
+uri = "{events}"
+format = "csv"
+columns = {{ timestamp = "ts", event_type = "kind" }}
+[source.profiles]
+uri = "{profiles}"
+[goal]
+type = "conditions"
+window = "10d"
+{goal}
+[eligibility]
+active_within = "30d"
+{eligibility}
+[model]
+snapshots = 1
+[[sinks]]
+type = "jsonl"
+uri = "out/"
+"#
+    )
+}
+
+#[test]
+fn goal_operators_outcomes_min_count_and_eligibility_rules() {
+    let rt = runtime();
+    let dir = temp_dir("ops");
+    let events = write(&dir, "events.csv", GOAL_EVENTS);
+    let profiles = write(
+        &dir,
+        "profiles.csv",
+        "profile_id,tier,country\na,gold,DE\nb,silver,DE\nc,gold,FR\nd,bronze,US\n",
+    );
+    // The events through a file:// URL, the profiles as a plain path.
+    let events_url = format!("file://{events}");
+    let cut = t("2026-05-11T00:00:00Z");
+    let as_of = t("2026-05-21T00:00:00Z");
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            r#"conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+            "",
+            "abc",
+        ),
+        (
+            r#"conditions = [{ field = "event_type", op = "ne", value = "view" }]"#,
+            "",
+            "abc",
+        ),
+        (
+            r#"conditions = [{ field = "amount", op = "gt", value = 20 }]"#,
+            "",
+            "ac",
+        ),
+        (
+            r#"conditions = [{ field = "amount", op = "ge", value = 20.0 }]"#,
+            "",
+            "ac",
+        ),
+        (
+            r#"conditions = [{ field = "amount", op = "lt", value = 20 }]"#,
+            "",
+            "b",
+        ),
+        (
+            r#"conditions = [{ field = "amount", op = "le", value = 20 }]"#,
+            "",
+            "bc",
+        ),
+        (
+            r#"conditions = [{ field = "channel", op = "in", value = ["app", "email"] }]"#,
+            "",
+            "bc",
+        ),
+        (
+            r#"match = "all"
+conditions = [{ field = "event_type", op = "eq", value = "buy" }, { field = "channel", op = "not_in", value = ["web", "app"] }]"#,
+            "",
+            "c",
+        ),
+        (
+            r#"conditions = [{ field = "coupon", op = "contains", value = "SPR" }]"#,
+            "",
+            "a",
+        ),
+        (
+            r#"conditions = [{ field = "coupon", op = "exists" }]"#,
+            "",
+            "a",
+        ),
+        (
+            r#"match = "all"
+conditions = [{ field = "event_type", op = "eq", value = "buy" }, { field = "coupon", op = "exists", value = false }]"#,
+            "",
+            "bc",
+        ),
+        (
+            r#"match = "any"
+conditions = [{ field = "amount", op = "gt", value = 40 }, { field = "channel", op = "eq", value = "app" }]"#,
+            "",
+            "ab",
+        ),
+        (
+            r#"min_count = 2
+conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+            "",
+            "c",
+        ),
+        (
+            r#"outcome = "will_not_occur"
+conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+            "",
+            "d",
+        ),
+        // Eligibility: only gold profiles are scored; then DE profiles are excluded.
+        (
+            r#"conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+            r#"include = "tier = 'gold'""#,
+            "ac",
+        ),
+        (
+            r#"conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+            r#"exclude = "country IN ('DE')""#,
+            "c",
+        ),
+        (
+            r#"conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+            r#"exclude_events = "amount >= 20""#,
+            "b",
+        ),
+    ];
+    for (goal, eligibility, positives) in cases {
+        let job = goal_job(&events_url, &profiles, goal, eligibility);
+        let l = rt
+            .block_on(load(&job, &dir, &[], as_of))
+            .unwrap_or_else(|e| panic!("{goal} {eligibility}: {e}"));
+        let (_, table) = feature_table(&l);
+        let rows = &table[&cut.timestamp_micros()];
+        let got: String = rows
+            .iter()
+            .filter(|(_, r)| r.0 == Some(1))
+            .map(|(id, _)| id.as_str())
+            .collect();
+        assert_eq!(&got, positives, "goal {goal} / eligibility {eligibility}");
+        if eligibility.starts_with("include") {
+            assert_eq!(
+                rows.keys().map(String::as_str).collect::<String>(),
+                "ac",
+                "include keeps gold profiles only"
+            );
+        }
+        if eligibility.starts_with("exclude =") {
+            assert_eq!(
+                rows.keys().map(String::as_str).collect::<String>(),
+                "cd",
+                "exclude drops DE profiles"
+            );
+        }
+    }
+    // A profile last seen 20 days before the cutoff is not active within 5 days.
+    let job = goal_job(
+        &events_url,
+        &profiles,
+        r#"conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+        "",
+    )
+    .replace("active_within = \"30d\"", "active_within = \"5d\"");
+    let l = rt
+        .block_on(load(&job, &dir, &[], as_of))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (_, table) = feature_table(&l);
+    assert!(
+        table[&cut.timestamp_micros()].is_empty(),
+        "views on 05-05 are 6 days before the cutoff"
+    );
+}
+
+#[test]
+fn a_predicate_over_a_missing_field_or_a_mistyped_comparison_is_an_error() {
+    let rt = runtime();
+    let dir = temp_dir("ops-bad");
+    let events = write(&dir, "events.csv", GOAL_EVENTS);
+    let profiles = write(&dir, "profiles.csv", "profile_id,tier\na,gold\n");
+    let job = goal_job(
+        &events,
+        &profiles,
+        r#"conditions = [{ field = "ammount", op = "gt", value = 1 }, { field = "channel", op = "eq", value = true }]"#,
+        r#"include = "tierr = 'gold'""#,
+    );
+    let e = rt
+        .block_on(load(&job, &dir, &[], t("2026-05-21T00:00:00Z")))
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert!(
+        e.message.contains(
+            "goal.conditions[0] (field `ammount`): no column `ammount`; did you mean `amount`?"
+        ),
+        "{}",
+        e.message
+    );
+    assert!(e.message.contains("goal.conditions[1] (field `channel`): cannot compare `channel` (string) with a boolean value"), "{}", e.message);
+    assert_eq!(e.domain, propensity_core::Domain::User);
+    // The profile predicate is checked once the events fit.
+    let job = goal_job(
+        &events,
+        &profiles,
+        r#"conditions = [{ field = "amount", op = "gt", value = 1 }]"#,
+        r#"include = "tierr = 'gold'""#,
+    );
+    let e = rt
+        .block_on(load(&job, &dir, &[], t("2026-05-21T00:00:00Z")))
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert!(
+        e.message.contains(
+            "eligibility.include `tierr = 'gold'`: no column `tierr`; did you mean `tier`?"
+        ),
+        "{}",
+        e.message
+    );
+}

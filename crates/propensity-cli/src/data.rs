@@ -121,6 +121,66 @@ pub fn dry_run(
     })
 }
 
+pub fn features(
+    job_path: &Path,
+    as_of: Option<DateTime<Utc>>,
+    snapshots: Option<u32>,
+    file: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let (mut job, dir) = load_job(job_path, err)?;
+    if let Some(k) = snapshots {
+        job.model.snapshots = k.min(52);
+    }
+    let as_of = as_of.unwrap_or_else(Utc::now);
+    let opts = EngineOptions::from_job(&job, &dir).map_err(engine_error)?;
+    let rt = runtime()?;
+    let loaded = rt
+        .block_on(async { Engine::new(opts)?.load(&job, &dir, as_of).await })
+        .map_err(engine_error)?;
+    if !loaded.report.passed {
+        let msgs: Vec<String> = loaded
+            .report
+            .problems
+            .iter()
+            .map(|f| format!("{}\n  hint: {}", f.message, f.hint))
+            .collect();
+        return Err(user(anyhow::anyhow!(
+            "the data checks failed:\n{}",
+            msgs.join("\n")
+        )));
+    }
+    let t = std::time::Instant::now();
+    let spec = loaded.feature_spec();
+    let dataset = loaded.dataset(&spec).map_err(engine_error)?;
+    let compute = t.elapsed().as_secs_f64();
+    let t = std::time::Instant::now();
+    let rows = dataset
+        .write_parquet(&spec.catalogue, &loaded.store, file)
+        .map_err(|e| io_error(anyhow::anyhow!("cannot write `{}`: {e}", file.display())))?;
+    let write = t.elapsed().as_secs_f64();
+    let mut timings: Vec<(&str, f64)> = loaded.timings.clone();
+    timings.push(("features", compute));
+    timings.push(("write", write));
+    let doc = json!({
+        "rows": rows,
+        "cutoffs": dataset.training.len() + 1,
+        "features": spec.len(),
+        "events_kept": loaded.report.events.counts.events_kept,
+        "profiles": loaded.store.profiles(),
+        "seconds": timings.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "out": file.display().to_string(),
+    });
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    )
+    .map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?;
+    Ok(0)
+}
+
 fn n(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();

@@ -85,6 +85,25 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// Compute a job's point-in-time features and labels at every cutoff and write them to
+    /// a Parquet file (one row per eligible profile and cutoff), with the timings per stage.
+    ///
+    /// For inspecting what a model learns from, or training elsewhere.
+    Features {
+        /// The job file.
+        #[arg(value_name = "JOB")]
+        job: PathBuf,
+        /// The as-of time: RFC 3339 or a date (midnight UTC). Default: now.
+        #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Training cutoffs (default: the job's `model.snapshots`); 0 computes only the
+        /// scoring cutoff.
+        #[arg(long, value_name = "N")]
+        snapshots: Option<u32>,
+        /// The Parquet file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Write sample data: e-commerce events and profiles with a hidden propensity that drives
     /// future behaviour, deterministic for a seed (for the demo, tests and benchmarks).
     Generate {
@@ -151,6 +170,12 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             format,
             report,
         } => data::dry_run(&job, as_of, format, report.as_deref(), out, err),
+        Command::Features {
+            job,
+            as_of,
+            snapshots,
+            out: file,
+        } => data::features(&job, as_of, snapshots, &file, out, err),
         Command::Generate {
             out: dir,
             profiles,

@@ -153,7 +153,7 @@ impl Snapshot {
     }
 
     /// The snapshot as an Arrow batch: `profile_id`, `cutoff`, `label` (null when scoring),
-    /// then one Float32 column per feature (NaN where missing).
+    /// then one Float32 column per feature (null where missing).
     pub fn to_record_batch(
         &self,
         catalogue: &Catalogue,
@@ -172,7 +172,7 @@ impl Snapshot {
             catalogue
                 .features
                 .iter()
-                .map(|f| Field::new(&f.name, DataType::Float32, false)),
+                .map(|f| Field::new(&f.name, DataType::Float32, true)),
         );
         let n = self.rows.len();
         let mut cols: Vec<ArrayRef> = vec![
@@ -193,10 +193,19 @@ impl Snapshot {
                 BooleanArray::from(vec![None; n])
             }),
         ];
-        for j in 0..self.width {
-            cols.push(Arc::new(Float32Array::from_iter_values(
-                (0..n).map(|i| self.values[i * self.width + j]),
-            )));
+        // One pass over the rows fills every column (a column-at-a-time walk would stride
+        // through the whole matrix once per feature).
+        let mut columns: Vec<Vec<f32>> = (0..self.width).map(|_| Vec::with_capacity(n)).collect();
+        for row in self.values.chunks_exact(self.width.max(1)) {
+            for (c, v) in columns.iter_mut().zip(row) {
+                c.push(*v);
+            }
+        }
+        for c in columns {
+            // Missing (NaN inside) is null in Arrow, as every consumer expects.
+            let nulls = arrow::buffer::NullBuffer::from(c.iter().map(|v| !v.is_nan()).collect::<Vec<bool>>());
+            let nulls = (nulls.null_count() > 0).then_some(nulls);
+            cols.push(Arc::new(Float32Array::new(c.into(), nulls)));
         }
         RecordBatch::try_new(Arc::new(Schema::new(fields)), cols)
     }
@@ -365,5 +374,60 @@ pub fn build(
     Dataset {
         training: merged,
         scoring,
+    }
+}
+
+impl Dataset {
+    /// Every snapshot (training cutoffs, then scoring) as Arrow batches.
+    pub fn record_batches(
+        &self,
+        catalogue: &Catalogue,
+        store: &EventStore,
+    ) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+        self.training
+            .iter()
+            .chain(std::iter::once(&self.scoring))
+            .map(|s| s.to_record_batch(catalogue, store))
+            .collect()
+    }
+
+    /// Writes every snapshot to one Parquet file: to a temporary file next to it, then
+    /// renamed, so a reader never sees half a file.
+    pub fn write_parquet(
+        &self,
+        catalogue: &Catalogue,
+        store: &EventStore,
+        path: &std::path::Path,
+    ) -> Result<u64, String> {
+        let batches = self
+            .record_batches(catalogue, store)
+            .map_err(|e| e.to_string())?;
+        let Some(first) = batches.first() else {
+            return Ok(0);
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let tmp = path.with_extension("parquet.tmp");
+        let file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        // Feature columns are mostly distinct floats: dictionary pages would only be tried and
+        // dropped.
+        let props = parquet::file::properties::WriterProperties::builder()
+            .set_compression(parquet::basic::Compression::SNAPPY)
+            .set_dictionary_enabled(false)
+            .set_column_dictionary_enabled("profile_id".into(), true)
+            .build();
+        let mut w = parquet::arrow::ArrowWriter::try_new(file, first.schema(), Some(props))
+            .map_err(|e| e.to_string())?;
+        let mut rows = 0u64;
+        for b in &batches {
+            rows += b.num_rows() as u64;
+            w.write(b).map_err(|e| e.to_string())?;
+        }
+        w.close().map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(rows)
     }
 }

@@ -341,6 +341,39 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
     })
 }
 
+/// Strings to dense codes, in order of first appearance. A repeat of the previous string
+/// (the events of one profile or one session in a row) and small sets (event types) skip
+/// the hash lookup.
+#[derive(Default)]
+struct Interner {
+    map: HashMap<String, u32>,
+    names: Vec<String>,
+    last: u32,
+}
+
+impl Interner {
+    fn code(&mut self, s: &str) -> u32 {
+        if let Some(n) = self.names.get(self.last as usize)
+            && n == s
+        {
+            return self.last;
+        }
+        let found = if self.names.len() <= 16 {
+            self.names.iter().position(|n| n == s).map(|i| i as u32)
+        } else {
+            self.map.get(s).copied()
+        };
+        let code = found.unwrap_or_else(|| {
+            let c = self.names.len() as u32;
+            self.map.insert(s.to_owned(), c);
+            self.names.push(s.to_owned());
+            c
+        });
+        self.last = code;
+        code
+    }
+}
+
 /// Raw events as scanned, before grouping by profile.
 #[derive(Default)]
 struct Raw {
@@ -369,10 +402,8 @@ pub async fn scan(
 
     let fmt = job.events.timestamp_format;
     let mut counts = ScanCounts::default();
-    let mut profiles: HashMap<String, u32> = HashMap::new();
-    let mut profile_ids: Vec<String> = Vec::new();
-    let mut types: HashMap<String, u32> = HashMap::new();
-    let mut type_names: Vec<String> = Vec::new();
+    let mut profiles = Interner::default();
+    let mut types = Interner::default();
     let mut type_counts: Vec<u64> = Vec::new();
     let mut coercion_counts = vec![(0u64, 0u64); proj.coercions.len()];
     let (mut first, mut last) = (i64::MAX, i64::MIN);
@@ -395,18 +426,36 @@ pub async fn scan(
             .map(|j| col(5 + proj.custom + j).as_primitive::<Float64Type>())
             .collect();
         let bad_start = 5 + proj.custom + nn;
-        timestamps(col(1), &proj.ts_type, fmt, &mut ts_buf, &mut counts)?;
+        timestamps(col(1), &proj.ts_type, fmt, &mut ts_buf)?;
         // Conversion checks count every row, valid or not, so the fraction is honest.
         for (j, c) in coercion_counts.iter_mut().enumerate() {
             c.0 += col(bad_start + 2 * j).as_boolean().true_count() as u64;
             c.1 += col(bad_start + 2 * j + 1).as_boolean().true_count() as u64;
         }
+        let ts_col = col(1);
+        let ts_text = (proj.ts_type == DataType::Utf8).then(|| ts_col.as_string::<i32>());
         for i in 0..n {
             if pid.is_null(i) {
                 counts.null_profile_id += 1;
                 continue;
             }
-            let Some(t) = ts_buf[i] else { continue };
+            let Some(t) = ts_buf[i] else {
+                if ts_col.is_null(i) {
+                    counts.null_timestamp += 1;
+                } else {
+                    counts.unparseable_timestamp += 1;
+                    let examples = &mut counts.unparseable_timestamp_examples;
+                    let shown = match ts_text {
+                        Some(a) => a.value(i).chars().take(64).collect(),
+                        None => arrow::util::display::array_value_to_string(ts_col, i)
+                            .unwrap_or_default(),
+                    };
+                    if examples.len() < 5 && !examples.contains(&shown) {
+                        examples.push(shown);
+                    }
+                }
+                continue;
+            };
             if et.is_null(i) {
                 counts.null_event_type += 1;
                 continue;
@@ -417,17 +466,10 @@ pub async fn scan(
             }
             first = first.min(t);
             last = last.max(t);
-            let type_name = et.value(i);
-            let code = match types.get(type_name) {
-                Some(c) => *c,
-                None => {
-                    let c = type_names.len() as u32;
-                    types.insert(type_name.to_owned(), c);
-                    type_names.push(type_name.to_owned());
-                    type_counts.push(0);
-                    c
-                }
-            };
+            let code = types.code(et.value(i));
+            if code as usize == type_counts.len() {
+                type_counts.push(0);
+            }
             type_counts[code as usize] += 1;
             if excluded.value(i) {
                 counts.excluded_events += 1;
@@ -441,16 +483,7 @@ pub async fn scan(
                 counts.after_as_of += 1;
                 continue;
             }
-            let id = pid.value(i);
-            let p = match profiles.get(id) {
-                Some(p) => *p,
-                None => {
-                    let p = profile_ids.len() as u32;
-                    profiles.insert(id.to_owned(), p);
-                    profile_ids.push(id.to_owned());
-                    p
-                }
-            };
+            let p = profiles.code(pid.value(i));
             let mut flags = u32::from(goal.value(i));
             for (j, c) in custom.iter().enumerate() {
                 flags |= u32::from(c.value(i)) << (j + 1);
@@ -472,6 +505,7 @@ pub async fn scan(
         counts.first_event = Some(crate::rfc3339(first));
         counts.last_event = Some(crate::rfc3339(last));
     }
+    let (profile_ids, type_names) = (profiles.names, types.names);
     let mut by_type: Vec<(String, u64)> = type_names.iter().cloned().zip(type_counts).collect();
     by_type.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     counts.event_types = by_type;
@@ -492,13 +526,12 @@ pub async fn scan(
 }
 
 /// Converts the timestamp column to microseconds (UTC); `None` where null or unparseable
-/// (counted in `counts`).
+/// (the caller tells which and counts it).
 fn timestamps(
     a: &ArrayRef,
     ty: &DataType,
     fmt: TimestampFormat,
     out: &mut Vec<Option<i64>>,
-    counts: &mut ScanCounts,
 ) -> Result<(), EngineError> {
     out.clear();
     let n = a.len();
@@ -558,42 +591,17 @@ fn timestamps(
         DataType::Utf8 => {
             let arr: &StringArray = a.as_string::<i32>();
             for i in 0..n {
-                if arr.is_null(i) {
-                    out.push(None);
-                    counts.null_timestamp += 1;
-                    continue;
-                }
-                let s = arr.value(i);
-                let v = parse_time(s, fmt);
-                if v.is_none() {
-                    counts.unparseable_timestamp += 1;
-                    if counts.unparseable_timestamp_examples.len() < 5
-                        && !counts.unparseable_timestamp_examples.iter().any(|e| e == s)
-                    {
-                        counts
-                            .unparseable_timestamp_examples
-                            .push(s.chars().take(64).collect());
-                    }
-                }
-                out.push(v);
+                out.push(if arr.is_null(i) {
+                    None
+                } else {
+                    parse_time(arr.value(i), fmt)
+                });
             }
-            return Ok(());
         }
         other => {
             return Err(EngineError::internal(format!(
                 "timestamp column type {other} was not rejected"
             )));
-        }
-    }
-    // Numeric and Arrow timestamps: nulls are null timestamps; out-of-range values are
-    // unparseable.
-    for (i, v) in out.iter().enumerate() {
-        if v.is_none() {
-            if a.is_null(i) {
-                counts.null_timestamp += 1;
-            } else {
-                counts.unparseable_timestamp += 1;
-            }
         }
     }
     Ok(())

@@ -13,6 +13,20 @@
 //! events, which is what lets every cutoff come from one pass: a profile's events are sorted
 //! once and each cutoff is a binary search, where SQL would aggregate the events once per
 //! cutoff (see `bench/`).
+//!
+//! Timestamps arrive in many shapes and all become microseconds since the epoch, UTC:
+//!
+//! ```
+//! use propensity_core::enums::TimestampFormat::{Auto, EpochMillis};
+//! use propensity_engine::events::parse_time;
+//!
+//! let utc = Some(1_777_629_600_000_000); // 2026-05-01T10:00:00Z
+//! assert_eq!(parse_time("2026-05-01T12:00:00+02:00", Auto), utc);
+//! assert_eq!(parse_time("2026-05-01 10:00:00", Auto), utc); // no offset: UTC
+//! assert_eq!(parse_time("1777629600", Auto), utc); // epoch seconds below 1e11
+//! assert_eq!(parse_time("1777629600000", EpochMillis), utc);
+//! assert_eq!(parse_time("yesterday", Auto), None); // set aside and counted
+//! ```
 
 pub mod checks;
 pub mod compile;
