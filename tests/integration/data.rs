@@ -851,6 +851,11 @@ d,2026-05-15T10:00:00Z,view,,web,
 ";
 
 fn goal_job(events: &str, profiles: &str, goal: &str, eligibility: &str) -> String {
+    let outcome = if goal.contains("outcome") {
+        ""
+    } else {
+        "outcome = \"will_occur\""
+    };
     format!(
         r#"
 version = 1
@@ -864,6 +869,7 @@ uri = "{profiles}"
 [goal]
 type = "conditions"
 window = "10d"
+{outcome}
 {goal}
 [eligibility]
 active_within = "30d"

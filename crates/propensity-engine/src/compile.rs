@@ -229,8 +229,8 @@ impl Compiler {
     fn unify(&mut self, l: Value, r: Value) -> Result<(Value, Value), String> {
         match (l.kind, r.kind) {
             (a, b) if a == b && a != Kind::Other => Ok((l, r)),
-            (Kind::Str, Kind::Num) => Ok((self.to_number(l), r)),
-            (Kind::Num, Kind::Str) => Ok((l, self.to_number(r))),
+            (Kind::Str, Kind::Num) => Ok((self.converted(l), r)),
+            (Kind::Num, Kind::Str) => Ok((l, self.converted(r))),
             (Kind::Other, _) | (_, Kind::Other) => {
                 // Timestamps, dates, decimals: DataFusion's own coercion decides.
                 Ok((l, r))
@@ -252,14 +252,14 @@ impl Compiler {
         }
     }
 
-    fn to_number(&mut self, v: Value) -> Value {
-        if let Some(f) = &v.field {
-            if !self.coercions.iter().any(|c| &c.field == f) {
-                self.coercions.push(Coercion {
-                    field: f.clone(),
-                    raw: v.expr.clone(),
-                });
-            }
+    fn converted(&mut self, v: Value) -> Value {
+        if let Some(f) = &v.field
+            && !self.coercions.iter().any(|c| &c.field == f)
+        {
+            self.coercions.push(Coercion {
+                field: f.clone(),
+                raw: v.expr.clone(),
+            });
         }
         Value {
             expr: try_cast(v.expr, DataType::Float64),
@@ -281,7 +281,7 @@ impl Compiler {
         for s in items {
             let (e, k) = scalar(s);
             if k == Kind::Num && v.kind == Kind::Str {
-                v = self.to_number(v);
+                v = self.converted(v);
             } else if k != v.kind && v.kind != Kind::Other {
                 return Err(format!(
                     "`{name}` is a {}, but the list holds a {}",

@@ -203,7 +203,9 @@ impl Snapshot {
         }
         for c in columns {
             // Missing (NaN inside) is null in Arrow, as every consumer expects.
-            let nulls = arrow::buffer::NullBuffer::from(c.iter().map(|v| !v.is_nan()).collect::<Vec<bool>>());
+            let nulls = arrow::buffer::NullBuffer::from(
+                c.iter().map(|v| !v.is_nan()).collect::<Vec<bool>>(),
+            );
             let nulls = (nulls.null_count() > 0).then_some(nulls);
             cols.push(Arc::new(Float32Array::new(c.into(), nulls)));
         }

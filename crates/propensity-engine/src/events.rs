@@ -434,12 +434,12 @@ pub async fn scan(
         }
         let ts_col = col(1);
         let ts_text = (proj.ts_type == DataType::Utf8).then(|| ts_col.as_string::<i32>());
-        for i in 0..n {
+        for (i, &ts) in ts_buf.iter().enumerate() {
             if pid.is_null(i) {
                 counts.null_profile_id += 1;
                 continue;
             }
-            let Some(t) = ts_buf[i] else {
+            let Some(t) = ts else {
                 if ts_col.is_null(i) {
                     counts.null_timestamp += 1;
                 } else {

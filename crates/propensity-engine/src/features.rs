@@ -675,14 +675,14 @@ fn span_name(secs: u64) -> String {
 }
 
 fn span_label(secs: u64) -> String {
-    if secs % 86_400 == 0 {
+    if secs.is_multiple_of(86_400) {
         let d = secs / 86_400;
         if d == 1 {
             "day".into()
         } else {
             format!("{d} days")
         }
-    } else if secs % 3600 == 0 {
+    } else if secs.is_multiple_of(3600) {
         let h = secs / 3600;
         if h == 1 {
             "hour".into()

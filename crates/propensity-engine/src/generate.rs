@@ -232,7 +232,7 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
         // Sessions: a Poisson process thinned by the current rate.
         let mut day = begin;
         let end = f64::from(days_i);
-        while rate > 0.0 {
+        while rate > 0.0 && day < end {
             day += -(1.0 - rng.random::<f64>()).ln() / rate;
             if day >= end {
                 break;
@@ -348,7 +348,7 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, String> {
     let scale = match opts.target_events {
         Some(target) if opts.profiles > 0 => {
             // A deterministic pilot on the first profiles measures events per profile.
-            let pilot = opts.profiles.min(2000);
+            let pilot = opts.profiles.min(20_000);
             let n: usize = (0..pilot)
                 .map(|i| simulate(opts.seed, i, opts.days, start, 1.0).events.len())
                 .sum();
