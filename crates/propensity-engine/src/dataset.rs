@@ -142,6 +142,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    pub fn empty(cutoff: i64, training: bool, width: usize) -> Self {
+        Self {
+            cutoff,
+            training,
+            rows: Vec::new(),
+            labels: Vec::new(),
+            values: Vec::new(),
+            width,
+        }
+    }
     pub fn positives(&self) -> usize {
         self.labels.iter().filter(|l| **l == 1).count()
     }
@@ -321,14 +331,7 @@ pub fn build(
         let mut scratch = Scratch::default();
         let mut snaps: Vec<Snapshot> = cutoffs
             .iter()
-            .map(|&(cutoff, training)| Snapshot {
-                cutoff,
-                training,
-                rows: Vec::new(),
-                labels: Vec::new(),
-                values: Vec::new(),
-                width,
-            })
+            .map(|&(cutoff, training)| Snapshot::empty(cutoff, training, width))
             .collect();
         let mut row = vec![0f32; width];
         for p in range {
@@ -349,14 +352,7 @@ pub fn build(
     });
     let mut merged: Vec<Snapshot> = cutoffs
         .iter()
-        .map(|&(cutoff, training)| Snapshot {
-            cutoff,
-            training,
-            rows: Vec::new(),
-            labels: Vec::new(),
-            values: Vec::new(),
-            width,
-        })
+        .map(|&(cutoff, training)| Snapshot::empty(cutoff, training, width))
         .collect();
     for part in parts {
         for (m, s) in merged.iter_mut().zip(part) {
@@ -365,14 +361,9 @@ pub fn build(
             m.values.extend(s.values);
         }
     }
-    let scoring = merged.pop().unwrap_or(Snapshot {
-        cutoff: plan.as_of,
-        training: false,
-        rows: vec![],
-        labels: vec![],
-        values: vec![],
-        width,
-    });
+    let scoring = merged
+        .pop()
+        .unwrap_or_else(|| Snapshot::empty(plan.as_of, false, width));
     Dataset {
         training: merged,
         scoring,
