@@ -1080,3 +1080,74 @@ fn a_predicate_over_a_missing_field_or_a_mistyped_comparison_is_an_error() {
         e.message
     );
 }
+
+#[test]
+fn review_regressions_names_order_identifiers_and_redaction() {
+    let rt = runtime();
+    let dir = temp_dir("review");
+    let mut events = String::from("profile_id,ts,kind,amount,channel,coupon\n");
+    let mut profiles = String::from("profile_id,email,tier\n");
+    for i in (0..30).rev() {
+        events.push_str(&format!(
+            "p{i:02},2026-05-0{}T10:00:00Z,view,,web,\n",
+            1 + i % 9
+        ));
+        profiles.push_str(&format!(
+            "p{i:02},user{i}@example.com,{}\n",
+            if i % 2 == 0 { "gold" } else { "silver" }
+        ));
+    }
+    let events = write(&dir, "events.csv", &events);
+    let profiles = write(&dir, "profiles.csv", &profiles);
+    let job = goal_job(
+        &events,
+        &profiles,
+        r#"conditions = [{ field = "event_type", op = "eq", value = "buy" }]"#,
+        "",
+    )
+    .replace(
+        "[model]",
+        "[features]\ncustom_events = { event = \"event_type = 'view'\" }\n[model]",
+    );
+    let l = rt
+        .block_on(load(&job, &dir, &[], t("2026-05-21T00:00:00Z")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A custom event named `event` does not collide with the built-in event counts.
+    let (names, _) = feature_table(&l);
+    let unique: std::collections::HashSet<_> = names.iter().collect();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "duplicate feature names in {names:?}"
+    );
+    assert!(names.contains(&"event_count_7d_2".to_owned()), "{names:?}");
+    // Emails are not one-hot encoded into feature names; the tier is.
+    assert!(!names.iter().any(|n| n.contains("example")), "{names:?}");
+    assert!(names.contains(&"attr_tier_gold".to_owned()));
+    assert!(
+        l.report
+            .warnings
+            .iter()
+            .any(|w| w.code == "attribute-not-a-category" && w.message.contains("email"))
+    );
+    // Profiles are in id order whatever order they were read in (the file lists p29 first).
+    assert!(l.store.profile_ids.windows(2).all(|w| w[0] < w[1]));
+
+    // A failing store error does not echo the value of a `${NAME}`.
+    let job = flat_job("${DATA_URL}", "format = \"parquet\"");
+    let env = [(
+        "DATA_URL",
+        "http://127.0.0.1:9/token-abcdef123/events.parquet".to_owned(),
+    )];
+    let e = rt
+        .block_on(load(&job, &dir, &env, t("2026-05-21T00:00:00Z")))
+        .err()
+        .unwrap_or_else(|| panic!("accepted"));
+    assert!(!e.message.contains("token-abcdef123"), "{}", e.message);
+    assert!(e.message.contains("`${DATA_URL}`"), "{}", e.message);
+    assert!(
+        e.message.contains("***"),
+        "the store's message quoted the URL, redacted: {}",
+        e.message
+    );
+}

@@ -316,7 +316,7 @@ pub fn sufficiency(
                 active_within,
             );
             // Only what the data can support: eligibility at the oldest cutoff needs events.
-            if p.oldest() - active_within < earliest || p.oldest() <= earliest {
+            if p.oldest().saturating_sub(active_within) < earliest || p.oldest() <= earliest {
                 return None;
             }
             let counts = label_counts(store, profiles, &p.training, window, active_within, rule);

@@ -40,8 +40,13 @@ impl CutoffPlan {
         lookback: i64,
         active_within: i64,
     ) -> Self {
+        // Saturating: absurd spans give cutoffs before any data, never a wrapped time.
         let training = (0..i64::from(snapshots))
-            .map(|k| as_of - window - k * stride)
+            .map(|k| {
+                as_of
+                    .saturating_sub(window)
+                    .saturating_sub(k.saturating_mul(stride))
+            })
             .collect();
         Self {
             as_of,
@@ -71,7 +76,8 @@ impl CutoffPlan {
 
     /// The earliest event time this plan reads.
     pub fn needed_from(&self) -> i64 {
-        self.oldest() - self.lookback.max(self.active_within)
+        self.oldest()
+            .saturating_sub(self.lookback.max(self.active_within))
     }
 }
 
@@ -98,7 +104,7 @@ impl LabelRule {
         let r = store.range(p);
         let ts = &store.ts[r.clone()];
         let lo = ts.partition_point(|&t| t < c);
-        let hi = ts.partition_point(|&t| t < c + window);
+        let hi = ts.partition_point(|&t| t < c.saturating_add(window));
         let hits = store.flags[r.start + lo..r.start + hi]
             .iter()
             .filter(|f| **f & GOAL_BIT != 0)
@@ -124,7 +130,7 @@ pub fn eligible(
     }
     let ts = &store.ts[store.range(p)];
     let i = ts.partition_point(|&t| t < c);
-    i > 0 && ts[i - 1] >= c - active_within
+    i > 0 && ts[i - 1] >= c.saturating_sub(active_within)
 }
 
 /// Rows of one cutoff: eligible profiles, their labels (training only) and features.

@@ -261,10 +261,13 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
                 nums.push(cast(f.expr, DataType::Float64))
             }
             Ok(f) if is_string(&f.data_type) => {
-                compiler.coercions.push(Coercion {
-                    field: path.to_string(),
-                    raw: f.expr.clone(),
-                });
+                let field = path.to_string();
+                if !compiler.coercions.iter().any(|c| c.field == field) {
+                    compiler.coercions.push(Coercion {
+                        field,
+                        raw: f.expr.clone(),
+                    });
+                }
                 nums.push(try_cast(f.expr, DataType::Float64));
             }
             Ok(f) => {
@@ -464,8 +467,6 @@ pub async fn scan(
                 counts.future_events += 1;
                 continue;
             }
-            first = first.min(t);
-            last = last.max(t);
             let code = types.code(et.value(i));
             if code as usize == type_counts.len() {
                 type_counts.push(0);
@@ -475,6 +476,9 @@ pub async fn scan(
                 counts.excluded_events += 1;
                 continue;
             }
+            // History covered: excluded traffic (synthetic pings) must not hide a stale export.
+            first = first.min(t);
+            last = last.max(t);
             if t < range.keep_from {
                 counts.before_horizon += 1;
                 continue;
@@ -519,7 +523,23 @@ pub async fn scan(
             unconvertible: bad,
         })
         .collect();
-    let store = group(raw, profile_ids, type_names, nn, &mut counts);
+    // Profiles in id order, whatever order DataFusion's partitions delivered them in: the
+    // snapshots and every output are then the same from run to run.
+    let mut order: Vec<u32> = (0..profile_ids.len() as u32).collect();
+    order.sort_unstable_by(|&a, &b| profile_ids[a as usize].cmp(&profile_ids[b as usize]));
+    let mut remap = vec![0u32; order.len()];
+    for (new, &old) in order.iter().enumerate() {
+        remap[old as usize] = new as u32;
+    }
+    for p in raw.pid.iter_mut() {
+        *p = remap[*p as usize];
+    }
+    let mut profile_ids = profile_ids;
+    let sorted: Vec<String> = order
+        .iter()
+        .map(|&o| std::mem::take(&mut profile_ids[o as usize]))
+        .collect();
+    let store = group(raw, sorted, type_names, nn, &mut counts);
     counts.events_kept = store.events() as u64;
     counts.profiles = store.profiles() as u64;
     Ok((store, counts))
@@ -551,7 +571,7 @@ fn timestamps(
         match fmt {
             TimestampFormat::EpochMillis => v.checked_mul(1000),
             TimestampFormat::EpochSeconds => v.checked_mul(1_000_000),
-            _ if v.abs() < 100_000_000_000 => v.checked_mul(1_000_000),
+            _ if v.unsigned_abs() < 100_000_000_000 => v.checked_mul(1_000_000),
             _ => v.checked_mul(1000),
         }
     };
@@ -576,7 +596,8 @@ fn timestamps(
                 prim!(TimestampNanosecondType, |v: i64| Some(v.div_euclid(1000)))
             }
         },
-        DataType::Date32 => prim!(Date32Type, |v: i32| Some(i64::from(v) * MICROS_PER_DAY)),
+        DataType::Date32 => prim!(Date32Type, |v: i32| i64::from(v)
+            .checked_mul(MICROS_PER_DAY)),
         DataType::Date64 => prim!(Date64Type, |v: i64| v.checked_mul(1000)),
         DataType::Int8 => prim!(Int8Type, |v: i8| epoch_i(v.into())),
         DataType::Int16 => prim!(Int16Type, |v: i16| epoch_i(v.into())),

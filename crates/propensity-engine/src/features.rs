@@ -29,6 +29,8 @@ pub struct Catalogue {
     pub features: Vec<FeatureDef>,
     /// Names in `features.exclude` that matched no feature (reported as a warning).
     pub unknown_excludes: Vec<String>,
+    /// Text attributes with nearly one value per profile, not used (reported as a warning).
+    pub skipped_attributes: Vec<String>,
 }
 
 impl Catalogue {
@@ -89,6 +91,8 @@ pub struct FeatureSpec {
 
 /// Categories one-hot encoded per categorical attribute (the most frequent ones).
 pub const MAX_CATEGORIES: usize = 10;
+/// A text attribute with more distinct values than this is not a category.
+pub const MAX_DISTINCT: usize = 1000;
 
 /// The inputs of [`FeatureSpec::new`] that come from the job.
 #[derive(Debug, Clone)]
@@ -192,6 +196,7 @@ impl FeatureSpec {
         });
 
         let mut attrs = Vec::new();
+        let mut skipped = Vec::new();
         for (j, a) in profiles.attributes.iter().enumerate() {
             match &a.values {
                 AttrValues::Numeric(_) => attrs.push(AttrFeature::Numeric(j)),
@@ -202,6 +207,15 @@ impl FeatureSpec {
                         if c != u32::MAX {
                             freq[c as usize] += 1;
                         }
+                    }
+                    // Nearly unique values (emails, names, ids) are not categories: encoding
+                    // them would put personal data into feature names and learn nothing.
+                    let present: u64 = freq.iter().sum();
+                    if values.len() > MAX_DISTINCT
+                        || (values.len() > 20 && values.len() as u64 * 2 > present)
+                    {
+                        skipped.push(a.name.clone());
+                        continue;
                     }
                     let mut top: Vec<usize> = (0..values.len()).collect();
                     top.sort_by(|&x, &y| {
@@ -232,7 +246,18 @@ impl FeatureSpec {
             keep: Vec::new(),
             catalogue: Catalogue::default(),
         };
-        let all = spec.definitions(&windows_secs, cfg, profiles);
+        let mut all = spec.definitions(&windows_secs, cfg, profiles);
+        // Names are unique: a custom event called `event`, types `a.b` and `a-b`, or a field
+        // listed twice would otherwise give two columns one name.
+        let mut seen = std::collections::HashSet::new();
+        for f in all.iter_mut() {
+            let mut k = 2;
+            let base = f.name.clone();
+            while !seen.insert(f.name.clone()) {
+                f.name = format!("{base}_{k}");
+                k += 1;
+            }
+        }
         spec.full = all.len();
         let mut unknown: Vec<String> = cfg
             .exclude
@@ -248,6 +273,7 @@ impl FeatureSpec {
             }
         }
         spec.catalogue.unknown_excludes = unknown;
+        spec.catalogue.skipped_attributes = skipped;
         spec
     }
 
@@ -409,7 +435,7 @@ impl FeatureSpec {
         let r = store.range(p);
         let ts = &store.ts[r.clone()];
         // The only place events are selected: strictly before the cutoff, within the lookback.
-        let start = ts.partition_point(|&t| t < cutoff - self.lookback);
+        let start = ts.partition_point(|&t| t < cutoff.saturating_sub(self.lookback));
         let end = ts.partition_point(|&t| t < cutoff);
         let ev = EventsView {
             ts: &ts[start..end],

@@ -239,6 +239,43 @@ impl Engine {
         job_dir: &Path,
         as_of: DateTime<Utc>,
     ) -> Result<Loaded, EngineError> {
+        self.load_checked(job, job_dir, as_of)
+            .await
+            .map_err(|e| self.redact(job, e))
+    }
+
+    /// Store and network errors may quote a resolved URL or a credential (object_store
+    /// echoes request URLs and key paths): every value of a `${NAME}` the job's sources
+    /// reference is replaced by `***` before an error leaves the engine.
+    fn redact(&self, job: &Job, mut e: EngineError) -> EngineError {
+        let mut templates = vec![&job.events.location.uri];
+        templates.extend(job.events.storage.options.values());
+        if let Some(p) = &job.profiles {
+            templates.push(&p.location.uri);
+            templates.extend(p.storage.options.values());
+        }
+        let mut values: Vec<String> = templates
+            .iter()
+            .flat_map(|t| t.vars())
+            .filter_map(|v| (self.opts.env)(v))
+            .filter(|v| v.len() >= 4)
+            .collect();
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        for v in &values {
+            e.message = e.message.replace(v.as_str(), "***");
+            if let Some(h) = &mut e.hint {
+                *h = h.replace(v.as_str(), "***");
+            }
+        }
+        e
+    }
+
+    async fn load_checked(
+        &self,
+        job: &Job,
+        job_dir: &Path,
+        as_of: DateTime<Utc>,
+    ) -> Result<Loaded, EngineError> {
         let Some(rule) = LabelRule::from_job(job) else {
             let propensity_core::Goal::Plugin(p) = &job.goal else {
                 return Err(EngineError::internal("goal without a rule"));
@@ -257,7 +294,7 @@ impl Engine {
             as_of_us,
             plan.window * 2,
             plan.stride,
-            (job.model.snapshots * 2).min(52),
+            job.model.snapshots.saturating_mul(2).min(52),
             plan.lookback,
             plan.active_within * 2,
         );
@@ -373,6 +410,23 @@ impl Engine {
                 ),
                 hint: "feature names are listed in the feature catalogue of this report's run"
                     .into(),
+            });
+        }
+        if !spec.catalogue.skipped_attributes.is_empty() {
+            warnings.push(checks::Finding {
+                code: "attribute-not-a-category",
+                message: format!(
+                    "profile attributes with nearly one value per profile are not used: {}",
+                    spec.catalogue.skipped_attributes.join(", ")
+                ),
+                hint: "free text and identifiers (emails, names) are no features; list the useful columns in source.profiles.attributes".into(),
+            });
+        }
+        if job.profiles.is_some() && profiles.counts.duplicate_profile_id > 0 {
+            warnings.push(checks::Finding {
+                code: "duplicate-profile-rows",
+                message: format!("{} profile rows repeat an id; the first row read is used", profiles.counts.duplicate_profile_id),
+                hint: "deduplicate the profiles table: with several files, which row comes first is not defined".into(),
             });
         }
         timings.push(("checks", t.elapsed().as_secs_f64()));

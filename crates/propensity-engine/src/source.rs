@@ -35,8 +35,6 @@ pub struct OpenedSource {
     pub files: usize,
 }
 
-const GLOB_CHARS: [char; 3] = ['*', '?', '['];
-
 /// Registers the store for `location` and opens it as a table. `what` names the job field
 /// (`source.events`) for error messages.
 pub async fn open(
@@ -190,7 +188,8 @@ fn listing_url(
         return Ok((url, scheme));
     }
     // URLs: DataFusion expands globs only in paths, so split `base/` and `glob` here.
-    let (base, glob) = match text.find(GLOB_CHARS) {
+    // `?` starts a query in a URL (presigned and SAS URLs): only `*` and `[` are globs here.
+    let (base, glob) = match text.find(['*', '[']) {
         Some(i) => {
             let cut = text[..i]
                 .rfind('/')
