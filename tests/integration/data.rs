@@ -1151,3 +1151,14 @@ fn review_regressions_names_order_identifiers_and_redaction() {
         e.message
     );
 }
+
+#[test]
+fn the_generator_hits_the_requested_event_count() {
+    let dir = temp_dir("gen-count");
+    let mut o = propensity_engine::generate::GenerateOptions::new(&dir, 600, end());
+    o.days = 120;
+    o.target_events = Some(40_000);
+    let s = propensity_engine::generate::generate(&o).unwrap_or_else(|e| panic!("{e}"));
+    let off = (s.events as f64 - 40_000.0).abs() / 40_000.0;
+    assert!(off < 0.05, "{} events for 40,000 requested", s.events);
+}

@@ -347,13 +347,20 @@ pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, String> {
     let start = end - i64::from(opts.days) * MICROS_PER_DAY;
     let scale = match opts.target_events {
         Some(target) if opts.profiles > 0 => {
-            // A deterministic pilot on the first profiles measures events per profile.
+            // A deterministic pilot on the first profiles measures events per profile. Email
+            // events do not scale with the activity rate, so the scale is corrected a few
+            // times rather than set once.
             let pilot = opts.profiles.min(20_000);
-            let n: usize = (0..pilot)
-                .map(|i| simulate(opts.seed, i, opts.days, start, 1.0).events.len())
-                .sum();
-            let per = n.max(1) as f64 / pilot as f64;
-            (target as f64 / opts.profiles as f64 / per).max(1e-3)
+            let want = target as f64 / opts.profiles as f64;
+            let mut scale = 1.0f64;
+            for _ in 0..4 {
+                let n: usize = (0..pilot)
+                    .map(|i| simulate(opts.seed, i, opts.days, start, scale).events.len())
+                    .sum();
+                let per = n.max(1) as f64 / pilot as f64;
+                scale = (scale * want / per).clamp(1e-3, 1e3);
+            }
+            scale
         }
         _ => 1.0,
     };
