@@ -36,6 +36,12 @@ fn generated_data_gives_labels_features_and_a_passing_report() {
         "several files expected, got {}",
         r.events.files
     );
+    // The generator writes Parquet in row groups (5,000 events each here).
+    let f = std::fs::File::open(sample().join("events/part-00000.parquet"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let meta = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(meta.metadata().num_row_groups(), 4);
     assert!(
         r.events.counts.excluded_events > 0,
         "test.ping events are excluded"

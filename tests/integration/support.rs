@@ -143,8 +143,8 @@ pub async fn load(
 pub type Table = BTreeMap<i64, BTreeMap<String, (Option<u8>, Vec<u32>)>>;
 
 pub fn feature_table(l: &Loaded) -> (Vec<String>, Table) {
-    let spec = l.feature_spec();
-    let d = l.dataset(&spec).unwrap_or_else(|e| panic!("dataset: {e}"));
+    let spec = &l.features;
+    let d = l.dataset().unwrap_or_else(|e| panic!("dataset: {e}"));
     let mut t = Table::new();
     for s in d.training.iter().chain(std::iter::once(&d.scoring)) {
         let rows = t.entry(s.cutoff).or_default();

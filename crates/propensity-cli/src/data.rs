@@ -93,7 +93,7 @@ pub fn dry_run(
         engine.load(&job, &dir, as_of).await
     });
     let loaded = loaded.map_err(engine_error)?;
-    let spec = loaded.feature_spec();
+    let spec = &loaded.features;
     let report = &loaded.report;
     if let Some(p) = report_path {
         let text = serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
@@ -152,8 +152,8 @@ pub fn features(
         )));
     }
     let t = std::time::Instant::now();
-    let spec = loaded.feature_spec();
-    let dataset = loaded.dataset(&spec).map_err(engine_error)?;
+    let spec = &loaded.features;
+    let dataset = loaded.dataset().map_err(engine_error)?;
     let compute = t.elapsed().as_secs_f64();
     let t = std::time::Instant::now();
     let rows = dataset
@@ -374,36 +374,24 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn generate(
-    out_dir: &Path,
-    profiles: usize,
-    events: Option<u64>,
-    days: u32,
-    seed: u64,
-    end: Option<DateTime<Utc>>,
-    ndjson: bool,
-    rows_per_file: usize,
-    row_group_size: usize,
-    out: &mut dyn Write,
-) -> Result<i32, CliError> {
-    let end = end.unwrap_or_else(|| {
+pub fn generate(a: &crate::GenerateArgs, out: &mut dyn Write) -> Result<i32, CliError> {
+    let end = a.end.unwrap_or_else(|| {
         let now = Utc::now();
         now.date_naive()
             .and_hms_opt(0, 0, 0)
             .map_or(now, |t| t.and_utc())
     });
-    let mut opts = GenerateOptions::new(out_dir, profiles, end);
-    opts.days = days;
-    opts.seed = seed;
-    opts.target_events = events;
-    opts.format = if ndjson {
+    let mut opts = GenerateOptions::new(&a.out, a.profiles, end);
+    opts.days = a.days;
+    opts.seed = a.seed;
+    opts.target_events = a.events;
+    opts.format = if a.ndjson {
         EventFormat::Ndjson
     } else {
         EventFormat::Parquet
     };
-    opts.rows_per_file = rows_per_file.max(1);
-    opts.row_group_size = row_group_size.max(1);
+    opts.rows_per_file = a.rows_per_file.max(1);
+    opts.row_group_size = a.row_group_size.max(1);
     let s = propensity_engine::generate::generate(&opts)
         .map_err(|e| io_error(anyhow::anyhow!("cannot write sample data: {e}")))?;
     writeln!(

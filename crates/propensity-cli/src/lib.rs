@@ -106,35 +106,39 @@ pub enum Command {
     },
     /// Write sample data: e-commerce events and profiles with a hidden propensity that drives
     /// future behaviour, deterministic for a seed (for the demo, tests and benchmarks).
-    Generate {
-        /// Output directory: `events/`, `profiles/` and `truth/` are replaced there.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Number of profiles.
-        #[arg(long, default_value_t = 10_000)]
-        profiles: usize,
-        /// Scale activity so that about this many events are written.
-        #[arg(long, value_name = "M")]
-        events: Option<u64>,
-        /// Days of history before the end.
-        #[arg(long, default_value_t = 450)]
-        days: u32,
-        /// Random seed; the same seed and end give the same data.
-        #[arg(long, default_value_t = 42)]
-        seed: u64,
-        /// Events end before this time (RFC 3339 or a date). Default: today, midnight UTC.
-        #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
-        end: Option<chrono::DateTime<chrono::Utc>>,
-        /// Write NDJSON (nested objects) instead of Parquet.
-        #[arg(long)]
-        ndjson: bool,
-        /// Events per file.
-        #[arg(long, default_value_t = 1_000_000)]
-        rows_per_file: usize,
-        /// Events per Parquet row group.
-        #[arg(long, default_value_t = 131_072)]
-        row_group_size: usize,
-    },
+    Generate(GenerateArgs),
+}
+
+/// Arguments of `propensity generate`.
+#[derive(Debug, clap::Args)]
+pub struct GenerateArgs {
+    /// Output directory: `events/`, `profiles/` and `truth/` are replaced there.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Number of profiles.
+    #[arg(long, default_value_t = 10_000)]
+    pub profiles: usize,
+    /// Scale activity so that about this many events are written.
+    #[arg(long, value_name = "M")]
+    pub events: Option<u64>,
+    /// Days of history before the end.
+    #[arg(long, default_value_t = 450)]
+    pub days: u32,
+    /// Random seed; the same seed and end give the same data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Events end before this time (RFC 3339 or a date). Default: today, midnight UTC.
+    #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
+    pub end: Option<chrono::DateTime<chrono::Utc>>,
+    /// Write NDJSON (nested objects) instead of Parquet.
+    #[arg(long)]
+    pub ndjson: bool,
+    /// Events per file.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub rows_per_file: usize,
+    /// Events per Parquet row group.
+    #[arg(long, default_value_t = 131_072)]
+    pub row_group_size: usize,
 }
 
 /// Parses `args` (the first item is the program name) and runs the command.
@@ -176,28 +180,7 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             snapshots,
             out: file,
         } => data::features(&job, as_of, snapshots, &file, out, err),
-        Command::Generate {
-            out: dir,
-            profiles,
-            events,
-            days,
-            seed,
-            end,
-            ndjson,
-            rows_per_file,
-            row_group_size,
-        } => data::generate(
-            &dir,
-            profiles,
-            events,
-            days,
-            seed,
-            end,
-            ndjson,
-            rows_per_file,
-            row_group_size,
-            out,
-        ),
+        Command::Generate(args) => data::generate(&args, out),
     };
     match result {
         Ok(code) => code,

@@ -193,6 +193,8 @@ pub struct Loaded {
     pub store: EventStore,
     pub profiles: ProfileTable,
     pub report: DataCheckReport,
+    /// The feature layout and catalogue, fixed once the events are known.
+    pub features: FeatureSpec,
     /// Seconds per stage, for the run report.
     pub timings: Vec<(&'static str, f64)>,
 }
@@ -454,6 +456,7 @@ impl Engine {
             store,
             profiles,
             report,
+            features: spec,
             timings,
         })
     }
@@ -466,16 +469,9 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 }
 
 impl Loaded {
-    pub fn feature_spec(&self) -> FeatureSpec {
-        FeatureSpec::new(
-            &FeatureConfig::from_job(&self.job),
-            &self.store,
-            &self.profiles,
-        )
-    }
-
     /// Feature rows and labels of every training cutoff and the scoring cutoff, in one pass.
-    pub fn dataset(&self, spec: &FeatureSpec) -> Result<Dataset, EngineError> {
+    pub fn dataset(&self) -> Result<Dataset, EngineError> {
+        let spec = &self.features;
         let rule = LabelRule::from_job(&self.job)
             .ok_or_else(|| EngineError::internal("plugin goal reached the built-in labeller"))?;
         let t = Instant::now();

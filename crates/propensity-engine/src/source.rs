@@ -379,13 +379,9 @@ pub fn resolve_field(schema: &Schema, path: &FieldPath) -> Result<ResolvedField,
 }
 
 fn not_found(name: &str, names: &[&str], what: &str) -> String {
-    let close = names
-        .iter()
-        .filter(|n| n.eq_ignore_ascii_case(name) || strsim_close(n, name))
-        .copied()
-        .collect::<Vec<_>>();
     let mut m = format!("no {what} `{name}`");
-    if let Some(c) = close.first() {
+    // The same suggestion rule as job-file keys.
+    if let Some(c) = propensity_config::diag::did_you_mean(name, names.iter().copied()) {
         m.push_str(&format!("; did you mean `{c}`?"));
     }
     let shown: Vec<&str> = names.iter().take(20).copied().collect();
@@ -395,23 +391,6 @@ fn not_found(name: &str, names: &[&str], what: &str) -> String {
         if names.len() > 20 { ", …" } else { "" }
     ));
     m
-}
-
-fn strsim_close(a: &str, b: &str) -> bool {
-    // Small edit distance, case-insensitive: a typo or a case slip.
-    let a: Vec<char> = a.to_lowercase().chars().collect();
-    let b: Vec<char> = b.to_lowercase().chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()] <= 2.max(a.len().min(b.len()) / 4)
 }
 
 /// A short, user-facing name for an Arrow type.
