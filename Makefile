@@ -3,10 +3,13 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help build test lint fmt schema golden bench
+.PHONY: help demo build test lint fmt schema golden bench bench-models
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+demo: ## Generate sample data, train and score the example job, print the summary and the report path
+	$(CARGO) run --locked -p propensity-cli -- demo --dir data/demo
 
 build: ## Build the `propensity` binary (debug)
 	$(CARGO) build --locked -p propensity-cli
@@ -27,6 +30,10 @@ schema: ## Regenerate schema/job-v1.schema.json from the job-file types
 
 golden: ## Rewrite golden files (tests/data/bad/*.expected, the schema) after a deliberate change
 	UPDATE_GOLDEN=1 $(CARGO) test --locked --workspace --all-targets
+
+bench-models: ## GBDT / logistic / SVM against LightGBM on the same features (needs `pip install lightgbm numpy pyarrow scikit-learn`); see bench/README.md
+	$(CARGO) build --locked -p propensity-cli
+	python3 bench/models.py
 
 bench: ## Feature benchmark against DuckDB (release build; needs `pip install duckdb`); see bench/README.md
 	$(CARGO) build --locked --release -p propensity-cli

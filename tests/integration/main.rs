@@ -2,4 +2,5 @@
 
 mod data;
 mod job_files;
+mod model;
 mod support;

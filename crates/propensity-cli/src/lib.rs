@@ -3,6 +3,7 @@
 //! drive it in process.
 
 mod data;
+mod model;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -104,6 +105,68 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
+    /// One run of a job: read and check the data, compute features, train when due (no
+    /// model yet, the job's training settings changed, or --train), score every eligible
+    /// profile with its reasons, and write the score table, the model card and an HTML
+    /// report. Progress goes to stderr, the summary to stdout.
+    ///
+    /// Exit status: 0 on success (also when a fallback model or the previous champion
+    /// scored: the summary says so), 2 for a bad job or data, 3 when a store fails.
+    Run {
+        /// The job file.
+        #[arg(value_name = "JOB")]
+        job: PathBuf,
+        /// The as-of time: RFC 3339 or a date (midnight UTC). Default: now.
+        #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
+        as_of: Option<chrono::DateTime<chrono::Utc>>,
+        /// Train a new model even if the champion was trained on this configuration.
+        #[arg(long)]
+        train: bool,
+        /// State directory: model registry and run records.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "PROPENSITY_STATE",
+            default_value = ".propensity"
+        )]
+        state: PathBuf,
+        /// Output format of the summary.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// One profile's score and reasons from the job's latest run.
+    Explain {
+        /// The job file.
+        #[arg(value_name = "JOB")]
+        job: PathBuf,
+        /// The profile id, as in the events' profile id column.
+        #[arg(value_name = "PROFILE_ID")]
+        profile_id: String,
+        /// State directory the run wrote to.
+        #[arg(
+            long,
+            value_name = "DIR",
+            env = "PROPENSITY_STATE",
+            default_value = ".propensity"
+        )]
+        state: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Generate sample data, write the example job next to it, train, score and print the
+    /// summary with the path of the HTML report.
+    Demo {
+        /// Directory for the sample data, the job file and (by default) the state.
+        #[arg(long, value_name = "DIR", default_value = "data/demo")]
+        dir: PathBuf,
+        /// Number of sample profiles.
+        #[arg(long, default_value_t = 20_000)]
+        profiles: usize,
+        /// State directory (default: DIR/state).
+        #[arg(long, value_name = "DIR")]
+        state: Option<PathBuf>,
+    },
     /// Write sample data: e-commerce events and profiles with a hidden propensity that drives
     /// future behaviour, deterministic for a seed (for the demo, tests and benchmarks).
     Generate(GenerateArgs),
@@ -181,6 +244,24 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             out: file,
         } => data::features(&job, as_of, snapshots, &file, out, err),
         Command::Generate(args) => data::generate(&args, out),
+        Command::Run {
+            job,
+            as_of,
+            train,
+            state,
+            format,
+        } => model::run(&job, as_of, train, &state, format, out, err),
+        Command::Explain {
+            job,
+            profile_id,
+            state,
+            format,
+        } => model::explain(&job, &profile_id, &state, format, out, err),
+        Command::Demo {
+            dir,
+            profiles,
+            state,
+        } => model::demo(&dir, profiles, state.as_deref(), out, err),
     };
     match result {
         Ok(code) => code,

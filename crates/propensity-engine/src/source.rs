@@ -419,3 +419,80 @@ pub fn is_string(t: &DataType) -> bool {
 pub fn is_numeric(t: &DataType) -> bool {
     t.is_numeric()
 }
+
+/// Where an output directory lives: its store, the prefix inside it, and how to show it.
+pub struct OutputDir {
+    pub store: Arc<dyn ObjectStore>,
+    pub prefix: object_store::path::Path,
+    pub display: String,
+}
+
+impl std::fmt::Debug for OutputDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputDir")
+            .field("display", &self.display)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves an output directory (a sink's `uri`): a local path (relative to the job file's
+/// directory, created when missing) or a `file://`, `s3://`, `gs://`, `az://` URL, with the
+/// same storage options and `${ENV}` rules as sources.
+pub fn output_dir(
+    location: &propensity_core::Location,
+    storage: &StorageOptions,
+    job_dir: &Path,
+    env: &EnvLookup,
+) -> Result<OutputDir, String> {
+    let text = location
+        .uri
+        .resolve(|k| env(k))
+        .map_err(|e| format!("uri: {e}"))?;
+    let text = text.expose().to_owned();
+    let scheme = match location.scheme {
+        Scheme::FromEnv => scheme_of(&text)?,
+        s => s,
+    };
+    match scheme {
+        Scheme::Path | Scheme::File => {
+            let raw = if scheme == Scheme::File {
+                Url::parse(&text)
+                    .map_err(|e| format!("not a valid URL: {e}"))?
+                    .to_file_path()
+                    .map_err(|()| "a file:// URL needs an absolute path".to_owned())?
+            } else {
+                PathBuf::from(&text)
+            };
+            let joined = if raw.is_absolute() {
+                raw
+            } else {
+                job_dir.join(raw)
+            };
+            // Absolute and without `.` components, so messages show one clean path.
+            let abs = std::path::absolute(&joined).unwrap_or(joined);
+            std::fs::create_dir_all(&abs).map_err(|e| format!("{}: {e}", abs.display()))?;
+            let store = object_store::local::LocalFileSystem::new_with_prefix(&abs)
+                .map_err(|e| e.to_string())?;
+            Ok(OutputDir {
+                store: Arc::new(store),
+                prefix: object_store::path::Path::default(),
+                display: abs.display().to_string(),
+            })
+        }
+        Scheme::Http | Scheme::Https => Err(
+            "http(s) URLs are read-only here: write to a path or an s3://, gs://, az:// URL".into(),
+        ),
+        _ => {
+            let url = Url::parse(&text).map_err(|e| format!("not a valid URL: {e}"))?;
+            let store = build_store(scheme, &url, storage, env)?;
+            let prefix =
+                object_store::path::Path::from_url_path(url.path()).map_err(|e| e.to_string())?;
+            Ok(OutputDir {
+                store,
+                prefix,
+                // As written: a resolved `${ENV}` value never reaches a message.
+                display: location.uri.as_written().to_owned(),
+            })
+        }
+    }
+}

@@ -3,9 +3,9 @@
 //! Both keep the ranking (they are non-decreasing), so AUC is unchanged where scores are
 //! distinct.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Calibrator {
     /// Raw scores are used as they are.
@@ -17,7 +17,7 @@ pub enum Calibrator {
     Platt { a: f64, b: f64 },
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
 pub struct Block {
     pub lower: f64,
     pub upper: f64,

@@ -1,6 +1,15 @@
-//! Models of a Propensity job. This first part holds what every model family shares: the
-//! evaluation metrics of the model card ([`metrics`]) and probability calibration fitted on the
-//! validation cutoff ([`calibrate`]). Pure functions over slices, deterministic, no IO.
+//! Models of a Propensity job: training, calibration, evaluation and explanation, pure and
+//! deterministic given a seed, with no IO.
+//!
+//! - [`gbdt`]: histogram gradient-boosted trees (the default), explained by exact TreeSHAP
+//!   ([`shap`]).
+//! - [`linear`]: logistic regression (linfa-logistic) and a linear SVM (linfa-svm), explained
+//!   by coefficient × centred value.
+//! - [`fallback`]: a recency / frequency / monetary ranking used when there are too few
+//!   positives or negatives to train; its scores are marked `confidence = low`.
+//! - [`pipeline`]: the training protocol (validation on the latest cutoff, early stopping,
+//!   class weights, calibration, model card) and scoring with reason codes.
+//! - [`metrics`], [`calibrate`], [`card`]: what the model card reports.
 //!
 //! ```
 //! use propensity_model::{calibrate::Calibrator, metrics};
@@ -13,4 +22,40 @@
 //! ```
 
 pub mod calibrate;
+pub mod card;
+pub mod fallback;
+pub mod gbdt;
+pub mod linear;
 pub mod metrics;
+pub mod pipeline;
+pub mod shap;
+
+/// A row-major matrix view: `rows × width` values, NaN where a value is missing.
+#[derive(Debug, Clone, Copy)]
+pub struct Matrix<'a> {
+    pub values: &'a [f32],
+    pub rows: usize,
+    pub width: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// A view of `values` as rows of `width` values (a trailing partial row is ignored).
+    pub fn new(values: &'a [f32], width: usize) -> Self {
+        let rows = values.len().checked_div(width).unwrap_or(0);
+        Matrix {
+            values,
+            rows,
+            width,
+        }
+    }
+
+    #[inline]
+    pub fn row(&self, i: usize) -> &'a [f32] {
+        &self.values[i * self.width..(i + 1) * self.width]
+    }
+
+    #[inline]
+    pub fn get(&self, i: usize, j: usize) -> f32 {
+        self.values[i * self.width + j]
+    }
+}

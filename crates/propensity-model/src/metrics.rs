@@ -4,7 +4,7 @@
 //! Ties are handled exactly (average ranks for AUC, one threshold per distinct score for
 //! average precision), so the figures do not depend on the order of the rows.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Area under the ROC curve (the probability that a random positive scores above a random
 /// negative, ties counting one half). `None` without both classes.
@@ -90,7 +90,7 @@ fn mean(it: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// One bin of the calibration curve.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CalibrationBin {
     pub lower: f64,
     pub upper: f64,
@@ -137,7 +137,7 @@ pub fn expected_calibration_error(probs: &[f64], labels: &[bool]) -> f64 {
 }
 
 /// One decile of profiles ranked by score (decile 1 = the highest scores).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Decile {
     pub decile: usize,
     pub count: usize,

@@ -1,0 +1,321 @@
+//! `propensity run`, `propensity explain` and `propensity demo`: the model half of a run.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use propensity_runtime::report::RunReport;
+use propensity_runtime::{Progress, RunError, RunOptions};
+
+use crate::data::load_job;
+use crate::{CliError, OutputFormat, io_error};
+
+/// Stage progress on stderr: a bar per stage on a terminal, one line per stage otherwise.
+struct StageProgress {
+    bars: bool,
+    current: Mutex<Option<ProgressBar>>,
+}
+
+impl StageProgress {
+    fn new() -> Self {
+        StageProgress {
+            bars: std::io::stderr().is_terminal(),
+            current: Mutex::new(None),
+        }
+    }
+}
+
+impl Progress for StageProgress {
+    fn begin(&self, stage: &str, total: Option<u64>) {
+        if !self.bars {
+            eprintln!("stage={stage} status=started");
+            return;
+        }
+        let bar = match total {
+            Some(t) => ProgressBar::new(t).with_style(
+                ProgressStyle::with_template("{prefix:>9} [{bar:30}] {pos}/{len} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar())
+                    .progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template("{prefix:>9} {spinner} {elapsed}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            ),
+        };
+        bar.set_prefix(stage.to_owned());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        if let Ok(mut c) = self.current.lock() {
+            *c = Some(bar);
+        }
+    }
+
+    fn advance(&self, done: u64) {
+        if let Ok(c) = self.current.lock()
+            && let Some(b) = c.as_ref()
+        {
+            b.set_position(done);
+        }
+    }
+
+    fn end(&self, stage: &str, seconds: f64, summary: &str) {
+        if let Ok(mut c) = self.current.lock()
+            && let Some(b) = c.take()
+        {
+            b.finish_and_clear();
+        }
+        if self.bars {
+            eprintln!("{stage:>9} {seconds:>6.1} s  {summary}");
+        } else {
+            eprintln!("stage={stage} status=done seconds={seconds:.2} summary={summary:?}");
+        }
+    }
+
+    fn warn(&self, message: &str) {
+        let pause = self.current.lock().ok().and_then(|c| c.clone());
+        match pause {
+            Some(b) => b.suspend(|| eprintln!("warning: {message}")),
+            None => eprintln!("warning: {message}"),
+        }
+    }
+}
+
+fn run_error(e: RunError) -> CliError {
+    CliError {
+        domain: e.domain,
+        error: anyhow::anyhow!("{e}"),
+    }
+}
+
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.1} %", x * 100.0)
+    } else {
+        "n/a".into()
+    }
+}
+
+fn thousands(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The run summary for people.
+pub fn write_summary(
+    r: &RunReport,
+    report_path: &Path,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    writeln!(out, "run {} of {} (as of {})", r.run_id, r.job, r.as_of)?;
+    writeln!(
+        out,
+        "model       {} {} — {}",
+        r.algorithm, r.model_version, r.training.message
+    )?;
+    if let Some(m) = &r.card.metrics {
+        writeln!(
+            out,
+            "quality     validation AUC {} · PR-AUC {} · calibration error {:.3} · grade {}",
+            m.auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+            m.pr_auc.map_or("n/a".into(), |a| format!("{a:.3}")),
+            m.expected_calibration_error,
+            r.card.quality.grade
+        )?;
+        writeln!(
+            out,
+            "base rate   {} on the validation cutoff ({} profiles); mean probability now {}",
+            pct(m.base_rate),
+            thousands(r.card.validation.rows),
+            pct(r.mean_probability)
+        )?;
+    }
+    writeln!(
+        out,
+        "scored      {} profiles · confidence {}",
+        thousands(r.scored),
+        r.confidence
+    )?;
+    let b: Vec<String> = r
+        .buckets
+        .iter()
+        .map(|b| {
+            format!(
+                "{} {} (mean {})",
+                b.bucket,
+                thousands(b.profiles),
+                pct(b.mean_probability)
+            )
+        })
+        .collect();
+    writeln!(out, "buckets     {}", b.join(" · "))?;
+    if !r.card.importance.is_empty() {
+        writeln!(out, "top factors (share of all reasons, validation cutoff)")?;
+        for (i, f) in r.card.importance.iter().take(5).enumerate() {
+            writeln!(out, "  {}. {} ({})", i + 1, f.label, pct(f.share))?;
+        }
+    }
+    for w in &r.warnings {
+        writeln!(out, "warning     {w}")?;
+    }
+    if let Some(o) = r.outputs.iter().find(|o| o.kind == "scores") {
+        writeln!(out, "scores      {}", o.location)?;
+    }
+    for o in r.outputs.iter().filter(|o| o.kind.starts_with("sink:")) {
+        writeln!(out, "published   {} → {}", &o.kind[5..], o.location)?;
+    }
+    writeln!(out, "report      {}", report_path.display())
+}
+
+pub fn run(
+    job_path: &Path,
+    as_of: Option<DateTime<Utc>>,
+    train: bool,
+    state: &Path,
+    format: OutputFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let (job, dir) = load_job(job_path, err)?;
+    let opts = RunOptions::new(as_of.unwrap_or_else(Utc::now), train, state.to_path_buf());
+    let progress = StageProgress::new();
+    let s = propensity_runtime::run(&job, &dir, &opts, &progress).map_err(run_error)?;
+    let w = match format {
+        OutputFormat::Text => write_summary(&s.report, &s.report_path, out),
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&s.report).unwrap_or_default()
+        ),
+    };
+    w.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?;
+    Ok(0)
+}
+
+pub fn explain(
+    job_path: &Path,
+    profile_id: &str,
+    state: &Path,
+    format: OutputFormat,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let (job, _) = load_job(job_path, err)?;
+    let (latest, p) = propensity_runtime::explain(state, &job, profile_id).map_err(run_error)?;
+    let w = match format {
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"run_id": latest.run_id, "score": p}))
+                .unwrap_or_default()
+        ),
+        OutputFormat::Text => (|| {
+            writeln!(
+                out,
+                "profile {} · {} · as of {} · model {} (run {})",
+                p.profile_id, p.job, p.as_of, p.model_version, latest.run_id
+            )?;
+            writeln!(
+                out,
+                "probability {} · score {} · percentile {} · bucket {} · confidence {}",
+                pct(p.probability),
+                p.score,
+                p.percentile,
+                p.bucket,
+                p.confidence
+            )?;
+            if p.factors.is_empty() {
+                writeln!(out, "no factor moved this profile's score")?;
+            } else {
+                writeln!(
+                    out,
+                    "reasons (contribution in log-odds; + raises the score):"
+                )?;
+            }
+            for f in &p.factors {
+                let value = f.value.map_or("missing".into(), |v| {
+                    if v.fract() == 0.0 && v.abs() < 1e15 {
+                        format!("{v:.0}")
+                    } else {
+                        format!("{v:.2}")
+                    }
+                });
+                writeln!(
+                    out,
+                    "  {} {:<48} = {:<10} {:+.3}  {}",
+                    if f.contribution > 0.0 { "↑" } else { "↓" },
+                    f.label,
+                    value,
+                    f.contribution,
+                    f.importance
+                )?;
+            }
+            Ok(())
+        })(),
+    };
+    w.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?;
+    Ok(0)
+}
+
+/// The example job, embedded so `propensity demo` runs anywhere.
+const DEMO_JOB: &str = include_str!("../../../jobs/conversion-purchase-30d.toml");
+
+/// Generates sample data under `dir`, writes the example job next to it, trains, scores and
+/// prints the summary.
+pub fn demo(
+    dir: &Path,
+    profiles: usize,
+    state: Option<&Path>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let today = Utc::now()
+        .date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc());
+    let end = today.ok_or_else(|| io_error(anyhow::anyhow!("no clock")))?;
+    let args = crate::GenerateArgs {
+        out: dir.to_path_buf(),
+        profiles,
+        events: None,
+        days: 450,
+        seed: 42,
+        end: Some(end),
+        ndjson: false,
+        rows_per_file: 1_000_000,
+        row_group_size: 131_072,
+    };
+    crate::data::generate(&args, out)?;
+    // The job reads `../data/demo/…` from `jobs/`; next to the data it reads `./…`.
+    let job_text = DEMO_JOB.replace("../data/demo/", "./");
+    let job_path = dir.join("conversion-purchase-30d.toml");
+    crate::data::write_atomic(&job_path, job_text.as_bytes()).map_err(|e| {
+        io_error(anyhow::anyhow!(
+            "cannot write `{}`: {e}",
+            job_path.display()
+        ))
+    })?;
+    let state: PathBuf = state.map_or_else(|| dir.join("state"), Path::to_path_buf);
+    let _ = writeln!(
+        out,
+        "job: {} (as of {})",
+        job_path.display(),
+        end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    run(
+        &job_path,
+        Some(end),
+        true,
+        &state,
+        OutputFormat::Text,
+        out,
+        err,
+    )
+}

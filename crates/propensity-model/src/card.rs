@@ -1,0 +1,134 @@
+//! The model card: what a trained model is, what it was trained on, and how good it is. One
+//! per model version, stored next to the model in the registry and embedded in run reports.
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::{CalibrationBin, Decile};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelCard {
+    pub job: String,
+    pub model_version: String,
+    /// `gbdt`, `logistic`, `svm` or `fallback_rfm`.
+    pub algorithm: String,
+    /// `normal`, or `low` for the fallback model.
+    pub confidence: String,
+    /// Why the fallback model was used (too few positives, …).
+    pub fallback_reason: Option<String>,
+    /// RFC 3339; informational (not part of any score row).
+    pub trained_at: String,
+    /// The as-of time of the run that trained the model (RFC 3339).
+    pub as_of: String,
+    /// Events read for training: `[from, to)` (RFC 3339).
+    pub data_from: String,
+    pub data_to: String,
+    /// The outcome window, e.g. `30d`.
+    pub window: String,
+    pub cutoffs: Vec<CutoffSummary>,
+    /// Rows, positives and negatives of the training cutoffs (validation excluded).
+    pub train: ClassCounts,
+    /// Rows, positives and negatives of the validation cutoff.
+    pub validation: ClassCounts,
+    /// Feature names the model uses, in column order.
+    pub features: Vec<String>,
+    pub seed: u64,
+    /// Hash of the job's training-relevant configuration.
+    pub config_hash: String,
+    /// Hash of the training data (labels and feature values).
+    pub data_fingerprint: String,
+    /// Algorithm parameters as trained (e.g. trees kept after early stopping).
+    pub params: serde_json::Value,
+    /// `isotonic`, `platt` or `none`.
+    pub calibration: String,
+    /// Metrics on the validation cutoff; `None` when there was nothing to validate on.
+    pub metrics: Option<Metrics>,
+    /// Mean |contribution| per feature on the validation cutoff, largest first.
+    pub importance: Vec<Importance>,
+    /// The factors that most often lead the reasons, per bucket (validation cutoff).
+    pub top_factors_by_bucket: Vec<BucketFactors>,
+    pub quality: Quality,
+    /// Time spent per training stage, in seconds.
+    pub timings: Vec<(String, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CutoffSummary {
+    /// RFC 3339.
+    pub cutoff: String,
+    /// `train` or `validation`.
+    pub role: String,
+    pub rows: usize,
+    pub positives: usize,
+    pub negatives: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct ClassCounts {
+    pub rows: usize,
+    pub positives: usize,
+    pub negatives: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Metrics {
+    pub auc: Option<f64>,
+    pub pr_auc: Option<f64>,
+    pub log_loss: f64,
+    pub brier: f64,
+    pub expected_calibration_error: f64,
+    /// Observed positive rate on the validation cutoff.
+    pub base_rate: f64,
+    /// Mean calibrated probability on the validation cutoff.
+    pub mean_probability: f64,
+    pub calibration_curve: Vec<CalibrationBin>,
+    pub deciles: Vec<Decile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Importance {
+    pub feature: String,
+    pub label: String,
+    pub mean_abs_contribution: f64,
+    /// This feature's share of the summed importances (0–1).
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BucketFactors {
+    /// `high`, `medium` or `low`.
+    pub bucket: String,
+    pub profiles: usize,
+    pub factors: Vec<FactorSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FactorSummary {
+    pub feature: String,
+    pub label: String,
+    /// Share of the bucket's profiles with this feature among their top factors (0–1).
+    pub share_of_profiles: f64,
+    /// Mean contribution (log-odds) where it is a top factor; > 0 raises the score.
+    pub mean_contribution: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Quality {
+    pub min_auc: f64,
+    pub passed: bool,
+    /// `excellent` (AUC ≥ 0.8), `good` (≥ 0.7), `fair` (≥ the gate), `poor`, or
+    /// `unvalidated`.
+    pub grade: String,
+    /// One sentence: why the gate passed or failed.
+    pub reason: String,
+}
+
+/// The grade of an AUC against the job's gate.
+pub fn grade(auc: Option<f64>, min_auc: f64) -> &'static str {
+    match auc {
+        None => "unvalidated",
+        Some(a) if a >= 0.8 && a >= min_auc => "excellent",
+        Some(a) if a >= 0.7 && a >= min_auc => "good",
+        Some(a) if a >= min_auc => "fair",
+        Some(_) => "poor",
+    }
+}

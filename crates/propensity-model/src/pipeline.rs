@@ -1,0 +1,797 @@
+//! The training protocol and scoring with reason codes.
+//!
+//! Training: the stacked older cutoffs train, the latest training cutoff validates (a
+//! time-based split: the model is judged on the period it would have predicted next). Trees
+//! stop early on the validation loss; positives are weighted up when they are the minority
+//! (`sqrt(negatives / positives)`, at most 10×) and calibration then restores true
+//! probabilities. Calibration is fitted on the validation cutoff; the metrics use
+//! probabilities that are cross-fitted on it (fit on one half, applied to the other), so the
+//! reported calibration error is not measured on the rows the calibrator saw. With too few
+//! positives or negatives, the [`fallback`](crate::fallback) model ranks instead and every
+//! score is marked `confidence = low`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Matrix;
+use crate::calibrate::Calibrator;
+use crate::card::{BucketFactors, FactorSummary, Importance, Metrics};
+use crate::fallback::Fallback;
+use crate::gbdt::{self, Gbdt, GbdtParams, par_ranges};
+use crate::linear::{Linear, sample_indices};
+use crate::metrics;
+use crate::shap::{self, Explainer};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algorithm {
+    Gbdt,
+    Logistic,
+    Svm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationMethod {
+    Isotonic,
+    Platt,
+    None,
+}
+
+/// A trained model of any family. Margins are log-odds-like: higher is more likely.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum Model {
+    Gbdt(Gbdt),
+    Linear(Linear),
+    Fallback(Fallback),
+}
+
+impl Model {
+    /// `gbdt`, `logistic`, `svm` or `fallback_rfm`.
+    pub fn algorithm(&self) -> &str {
+        match self {
+            Model::Gbdt(_) => "gbdt",
+            Model::Linear(l) => &l.kind,
+            Model::Fallback(_) => "fallback_rfm",
+        }
+    }
+
+    #[inline]
+    pub fn margin(&self, x: &[f32]) -> f64 {
+        match self {
+            Model::Gbdt(m) => m.margin(x),
+            Model::Linear(m) => m.margin(x),
+            Model::Fallback(m) => m.margin(x),
+        }
+    }
+
+    pub fn is_fallback(&self) -> bool {
+        matches!(self, Model::Fallback(_))
+    }
+}
+
+/// A model ready to score and explain: the model, its calibrator and, for trees, the
+/// precomputed TreeSHAP tables.
+#[derive(Debug, Clone)]
+pub struct Scorer {
+    pub model: Model,
+    pub calibrator: Calibrator,
+    explainer: Option<Explainer>,
+}
+
+/// Per-thread scratch space for explaining.
+#[derive(Debug, Default, Clone)]
+pub struct Scratch {
+    shap: shap::Scratch,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Scorer {
+    pub fn new(model: Model, calibrator: Calibrator) -> Self {
+        let explainer = match &model {
+            Model::Gbdt(g) => Some(Explainer::new(g)),
+            _ => None,
+        };
+        Scorer {
+            model,
+            calibrator,
+            explainer,
+        }
+    }
+
+    pub fn probability(&self, margin: f64) -> f64 {
+        self.calibrator.apply(sigmoid(margin))
+    }
+
+    /// Adds per-feature contributions (log-odds) to `out` and returns the base value:
+    /// `base + Σ out` is the margin.
+    pub fn explain(&self, x: &[f32], s: &mut Scratch, out: &mut [f64]) -> f64 {
+        match (&self.model, &self.explainer) {
+            (Model::Gbdt(g), Some(e)) => e.explain(g, x, &mut s.shap, out),
+            (Model::Gbdt(g), None) => Explainer::new(g).explain(g, x, &mut s.shap, out),
+            (Model::Linear(m), _) => m.explain(x, out),
+            (Model::Fallback(m), _) => m.explain(x, out),
+        }
+    }
+
+    /// [`Scorer::explain`] for several rows: `out` holds one block of `width` values per
+    /// row. Trees are explained tree by tree over the rows (cache-friendly).
+    pub fn explain_rows(&self, rows: &[&[f32]], s: &mut Scratch, out: &mut [f64]) -> f64 {
+        match (&self.model, &self.explainer) {
+            (Model::Gbdt(g), Some(e)) => e.explain_rows(g, rows, &mut s.shap, out),
+            _ => {
+                let w = out.len() / rows.len().max(1);
+                let mut base = 0.0;
+                for (r, x) in rows.iter().enumerate() {
+                    base = self.explain(x, s, &mut out[r * w..(r + 1) * w]);
+                }
+                base
+            }
+        }
+    }
+}
+
+/// Rows explained together (their contributions fit in the L2 cache beside a tree's tables).
+const BLOCK: usize = 64;
+
+/// How a job wants its model trained and its scores cut.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub algorithm: Algorithm,
+    pub gbdt: GbdtParams,
+    pub calibration: CalibrationMethod,
+    pub seed: u64,
+    pub min_positives: usize,
+    pub min_negatives: usize,
+    /// The goal is `will_not_occur` (the fallback's signs flip).
+    pub churn: bool,
+    pub lookback_days: f64,
+    pub top_factors: usize,
+    pub high: u32,
+    pub medium: u32,
+}
+
+/// Training input: older cutoffs stacked (`train`) and the latest cutoff (`valid`).
+#[derive(Debug, Clone, Copy)]
+pub struct TrainData<'a> {
+    pub names: &'a [String],
+    pub labels: &'a [String],
+    pub train: Matrix<'a>,
+    pub train_y: &'a [u8],
+    pub valid: Matrix<'a>,
+    pub valid_y: &'a [u8],
+}
+
+/// What training produced, for the registry and the model card.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scorer: Scorer,
+    pub fallback_reason: Option<String>,
+    pub params: serde_json::Value,
+    pub calibration: CalibrationMethod,
+    pub metrics: Option<Metrics>,
+    pub importance: Vec<Importance>,
+    pub top_factors_by_bucket: Vec<BucketFactors>,
+    pub timings: Vec<(String, f64)>,
+}
+
+fn count(y: &[u8]) -> (usize, usize) {
+    let pos = y.iter().filter(|l| **l == 1).count();
+    (pos, y.len() - pos)
+}
+
+/// Trains, calibrates and evaluates. `progress(done, total)` reports boosting rounds.
+pub fn train(
+    data: &TrainData<'_>,
+    s: &Settings,
+    progress: gbdt::Progress<'_>,
+) -> Result<Outcome, String> {
+    let (tp, tn) = count(data.train_y);
+    let (vp, vn) = count(data.valid_y);
+    let (pos, neg) = (tp + vp, tn + vn);
+    let mut timings = Vec::new();
+    let t0 = std::time::Instant::now();
+    let short = if pos < s.min_positives.max(1) {
+        Some(format!(
+            "only {pos} positive examples in the training cutoffs (min_positives = {})",
+            s.min_positives
+        ))
+    } else if neg < s.min_negatives.max(1) {
+        Some(format!(
+            "only {neg} negative examples in the training cutoffs (min_negatives = {})",
+            s.min_negatives
+        ))
+    } else if data.train.rows == 0 || tp == 0 || tn == 0 {
+        Some(format!(
+            "the training cutoffs before the latest one hold {tp} positives and {tn} negatives: \
+             both classes are needed to train (add snapshots or history)"
+        ))
+    } else {
+        None
+    };
+    if let Some(reason) = short {
+        // Rank with the fallback; the reference rows are every labelled row there is.
+        let mut all: Vec<f32> = data.train.values.to_vec();
+        all.extend_from_slice(data.valid.values);
+        let reference = Matrix::new(&all, data.train.width);
+        let fb = Fallback::fit(
+            data.names,
+            reference,
+            pos,
+            pos + neg,
+            s.churn,
+            s.lookback_days,
+        );
+        let params = serde_json::json!({
+            "terms": fb.terms.iter().map(|t| &t.name).collect::<Vec<_>>(),
+            "base_rate": fb.base_rate,
+        });
+        let scorer = Scorer::new(Model::Fallback(fb), Calibrator::None);
+        let mut out = evaluate(data, s, scorer, None);
+        out.fallback_reason = Some(reason);
+        out.params = params;
+        out.calibration = CalibrationMethod::None;
+        out.timings
+            .insert(0, ("fit_fallback".into(), t0.elapsed().as_secs_f64()));
+        return Ok(out);
+    }
+    let has_valid = vp > 0 && vn > 0;
+    let valid = has_valid.then_some((data.valid, data.valid_y));
+    let (model, params) = match s.algorithm {
+        Algorithm::Gbdt => {
+            let mut p = s.gbdt.clone();
+            if tp < tn {
+                p.pos_weight = (tn as f64 / tp as f64).sqrt().clamp(1.0, 10.0);
+            }
+            let (g, log) = gbdt::train(data.train, data.train_y, valid, &p, progress);
+            let params = serde_json::json!({
+                "num_trees": p.num_trees,
+                "trees_kept": log.trees,
+                "trees_grown": log.grown,
+                "learning_rate": p.learning_rate,
+                "max_depth": p.max_depth,
+                "num_leaves": p.num_leaves,
+                "min_data_in_leaf": p.min_data_in_leaf,
+                "early_stopping_rounds": p.early_stopping_rounds,
+                "lambda_l2": p.lambda_l2,
+                "max_bins": p.max_bins,
+                "pos_weight": p.pos_weight,
+            });
+            timings.push(("binning".into(), log.binning_seconds));
+            timings.push(("boosting".into(), log.boosting_seconds));
+            (Model::Gbdt(g), params)
+        }
+        Algorithm::Logistic => {
+            let m = Linear::fit_logistic(data.train, data.train_y, s.seed)?;
+            let params = serde_json::json!({"alpha": 1.0, "fitted_rows": m.fitted_rows,
+                "transform": "signed ln(1 + |x|), median imputation, standardised"});
+            timings.push(("fit_logistic".into(), t0.elapsed().as_secs_f64()));
+            (Model::Linear(m), params)
+        }
+        Algorithm::Svm => {
+            let m = Linear::fit_svm(data.train, data.train_y, s.seed)?;
+            let params = serde_json::json!({"kernel": "linear", "fitted_rows": m.fitted_rows,
+                "transform": "signed ln(1 + |x|), median imputation, standardised"});
+            timings.push(("fit_svm".into(), t0.elapsed().as_secs_f64()));
+            (Model::Linear(m), params)
+        }
+    };
+    let t1 = std::time::Instant::now();
+    let margins = margins(&model, data.valid);
+    let calibrator = if has_valid {
+        fit_calibrator(s.calibration, &margins, data.valid_y)
+    } else {
+        Calibrator::None
+    };
+    let mut out = evaluate(data, s, Scorer::new(model, calibrator), Some(&margins));
+    out.params = params;
+    out.calibration = if has_valid {
+        s.calibration
+    } else {
+        CalibrationMethod::None
+    };
+    timings.push(("calibrate_evaluate".into(), t1.elapsed().as_secs_f64()));
+    timings.append(&mut out.timings);
+    out.timings = timings;
+    Ok(out)
+}
+
+fn fit_calibrator(method: CalibrationMethod, margins: &[f64], y: &[u8]) -> Calibrator {
+    let raw: Vec<f64> = margins.iter().map(|m| sigmoid(*m)).collect();
+    let labels: Vec<bool> = y.iter().map(|l| *l == 1).collect();
+    match method {
+        CalibrationMethod::Isotonic => Calibrator::isotonic(&raw, &labels),
+        CalibrationMethod::Platt => Calibrator::platt(&raw, &labels),
+        CalibrationMethod::None => Calibrator::None,
+    }
+}
+
+/// Margins of every row, in parallel.
+pub fn margins(model: &Model, x: Matrix<'_>) -> Vec<f64> {
+    par_ranges(x.rows, threads(), |r| {
+        r.map(|i| model.margin(x.row(i))).collect::<Vec<_>>()
+    })
+    .concat()
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Probabilities cross-fitted on two halves (even and odd rows): each half is calibrated by
+/// a calibrator fitted on the other.
+pub fn cross_fitted(method: CalibrationMethod, margins: &[f64], y: &[u8]) -> Vec<f64> {
+    let half = |parity: usize| -> (Vec<f64>, Vec<u8>) {
+        margins
+            .iter()
+            .zip(y)
+            .enumerate()
+            .filter(|(i, _)| i % 2 == parity)
+            .map(|(_, (m, l))| (*m, *l))
+            .unzip()
+    };
+    let (m0, y0) = half(0);
+    let (m1, y1) = half(1);
+    let c0 = fit_calibrator(method, &m0, &y0);
+    let c1 = fit_calibrator(method, &m1, &y1);
+    margins
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let c = if i % 2 == 0 { &c1 } else { &c0 };
+            c.apply(sigmoid(*m))
+        })
+        .collect()
+}
+
+/// Metrics, importance and factors of a fitted scorer on the validation cutoff.
+fn evaluate(
+    data: &TrainData<'_>,
+    s: &Settings,
+    scorer: Scorer,
+    margins_known: Option<&[f64]>,
+) -> Outcome {
+    let valid = data.valid;
+    let computed;
+    let m: &[f64] = match margins_known {
+        Some(m) => m,
+        None => {
+            computed = margins(&scorer.model, valid);
+            &computed
+        }
+    };
+    let labels: Vec<bool> = data.valid_y.iter().map(|l| *l == 1).collect();
+    let (vp, vn) = count(data.valid_y);
+    let metrics = (vp > 0 && vn > 0).then(|| {
+        let probs = if scorer.model.is_fallback() {
+            m.iter().map(|x| scorer.probability(*x)).collect()
+        } else {
+            cross_fitted(calibration_of(&scorer.calibrator), m, data.valid_y)
+        };
+        Metrics {
+            auc: metrics::auc(m, &labels),
+            pr_auc: metrics::average_precision(m, &labels),
+            log_loss: metrics::log_loss(&probs, &labels),
+            brier: metrics::brier(&probs, &labels),
+            expected_calibration_error: metrics::expected_calibration_error(&probs, &labels),
+            base_rate: vp as f64 / labels.len() as f64,
+            mean_probability: probs.iter().sum::<f64>() / probs.len().max(1) as f64,
+            calibration_curve: metrics::calibration_curve(&probs, &labels, 10),
+            deciles: metrics::deciles(m, &labels),
+        }
+    });
+    // Importance and factors on a sample of the validation rows.
+    let t = std::time::Instant::now();
+    let rows = sample_indices(valid.rows, 20_000, s.seed);
+    let sample_margins: Vec<f64> = rows.iter().map(|&i| m[i]).collect();
+    let pct = percentiles(&sample_margins);
+    let width = valid.width;
+    let parts = par_ranges(rows.len(), threads(), |r| {
+        let mut scratch = Scratch::default();
+        let mut abs = vec![0.0; width];
+        let mut out = vec![0.0; width * BLOCK];
+        let mut tops = Vec::new();
+        let ks: Vec<usize> = r.collect();
+        for block in ks.chunks(BLOCK) {
+            let xs: Vec<&[f32]> = block.iter().map(|&k| valid.row(rows[k])).collect();
+            let out = &mut out[..width * xs.len()];
+            out.iter_mut().for_each(|v| *v = 0.0);
+            scorer.explain_rows(&xs, &mut scratch, out);
+            for (b, &k) in block.iter().enumerate() {
+                let c = &out[b * width..(b + 1) * width];
+                for (a, o) in abs.iter_mut().zip(c) {
+                    *a += o.abs();
+                }
+                tops.push((k, top_factors(c, s.top_factors)));
+            }
+        }
+        (abs, tops)
+    });
+    let mut abs = vec![0.0; width];
+    let mut tops = Vec::with_capacity(rows.len());
+    for (a, t) in parts {
+        for (x, y) in abs.iter_mut().zip(a) {
+            *x += y;
+        }
+        tops.extend(t);
+    }
+    let n = rows.len().max(1) as f64;
+    let total: f64 = abs.iter().sum();
+    let mut importance: Vec<Importance> = abs
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| **a > 0.0)
+        .map(|(j, a)| Importance {
+            feature: data.names[j].clone(),
+            label: data.labels[j].clone(),
+            mean_abs_contribution: a / n,
+            share: if total > 0.0 { a / total } else { 0.0 },
+        })
+        .collect();
+    importance.sort_by(|a, b| {
+        b.mean_abs_contribution
+            .total_cmp(&a.mean_abs_contribution)
+            .then_with(|| a.feature.cmp(&b.feature))
+    });
+    let buckets: Vec<(&str, Vec<&[Factor]>)> = ["high", "medium", "low"]
+        .iter()
+        .map(|b| {
+            let members = tops
+                .iter()
+                .filter(|(k, _)| bucket(pct[*k], s.high, s.medium) == *b)
+                .map(|(_, f)| f.as_slice())
+                .collect();
+            (*b, members)
+        })
+        .collect();
+    let top_factors_by_bucket = summarize_factors(&buckets, data.names, data.labels);
+    Outcome {
+        scorer,
+        fallback_reason: None,
+        params: serde_json::Value::Null,
+        calibration: CalibrationMethod::None,
+        metrics,
+        importance,
+        top_factors_by_bucket,
+        timings: vec![("explain_validation".into(), t.elapsed().as_secs_f64())],
+    }
+}
+
+fn calibration_of(c: &Calibrator) -> CalibrationMethod {
+    match c {
+        Calibrator::Isotonic { .. } => CalibrationMethod::Isotonic,
+        Calibrator::Platt { .. } => CalibrationMethod::Platt,
+        Calibrator::None => CalibrationMethod::None,
+    }
+}
+
+/// Per bucket: the features most often among the top factors, with their mean contribution.
+pub fn summarize_factors(
+    buckets: &[(&str, Vec<&[Factor]>)],
+    names: &[String],
+    labels: &[String],
+) -> Vec<BucketFactors> {
+    buckets
+        .iter()
+        .map(|(b, members)| {
+            let mut acc: std::collections::BTreeMap<u32, (usize, f64)> = Default::default();
+            for fs in members {
+                for f in fs.iter() {
+                    let e = acc.entry(f.feature).or_default();
+                    e.0 += 1;
+                    e.1 += f.contribution;
+                }
+            }
+            let mut list: Vec<FactorSummary> = acc
+                .into_iter()
+                .map(|(j, (c, sum))| FactorSummary {
+                    feature: names[j as usize].clone(),
+                    label: labels[j as usize].clone(),
+                    share_of_profiles: c as f64 / members.len().max(1) as f64,
+                    mean_contribution: sum / c as f64,
+                })
+                .collect();
+            list.sort_by(|a, b| {
+                b.share_of_profiles
+                    .total_cmp(&a.share_of_profiles)
+                    .then_with(|| a.feature.cmp(&b.feature))
+            });
+            list.truncate(5);
+            BucketFactors {
+                bucket: (*b).to_string(),
+                profiles: members.len(),
+                factors: list,
+            }
+        })
+        .collect()
+}
+
+/// One reason: a feature and how much it moved this profile's score (log-odds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Factor {
+    pub feature: u32,
+    pub contribution: f64,
+    /// `low`, `medium` or `high`: the factor's share of the profile's total |contribution|
+    /// (≥ 25 % high, ≥ 10 % medium).
+    pub importance: &'static str,
+}
+
+/// The `n` largest |contributions|, largest first (ties: lower feature index first); zero
+/// contributions are never reasons.
+pub fn top_factors(contrib: &[f64], n: usize) -> Vec<Factor> {
+    let total: f64 = contrib.iter().map(|c| c.abs()).sum();
+    let mut idx: Vec<usize> = (0..contrib.len()).filter(|&j| contrib[j] != 0.0).collect();
+    let by = |a: &usize, b: &usize| {
+        contrib[*b]
+            .abs()
+            .total_cmp(&contrib[*a].abs())
+            .then(a.cmp(b))
+    };
+    if idx.len() > n && n > 0 {
+        idx.select_nth_unstable_by(n - 1, by);
+        idx.truncate(n);
+    }
+    idx.sort_by(by);
+    idx.truncate(n);
+    idx.into_iter()
+        .map(|j| {
+            let share = if total > 0.0 {
+                contrib[j].abs() / total
+            } else {
+                0.0
+            };
+            Factor {
+                feature: j as u32,
+                contribution: contrib[j],
+                importance: if share >= 0.25 {
+                    "high"
+                } else if share >= 0.10 {
+                    "medium"
+                } else {
+                    "low"
+                },
+            }
+        })
+        .collect()
+}
+
+/// Percentile 1–100 of each margin among all: `1 + ⌊100 · below / n⌋`, where `below` counts
+/// strictly smaller margins (ties share a percentile).
+pub fn percentiles(margins: &[f64]) -> Vec<u8> {
+    let n = margins.len();
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|a, b| margins[*a].total_cmp(&margins[*b]).then(a.cmp(b)));
+    let mut out = vec![0u8; n];
+    let mut below = 0usize;
+    for (r, &i) in idx.iter().enumerate() {
+        if r > 0 && margins[idx[r - 1]].total_cmp(&margins[i]).is_ne() {
+            below = r;
+        }
+        out[i] = (1 + 100 * below / n).min(100) as u8;
+    }
+    out
+}
+
+/// The bucket of a percentile.
+pub fn bucket(percentile: u8, high: u32, medium: u32) -> &'static str {
+    if u32::from(percentile) >= high {
+        "high"
+    } else if u32::from(percentile) >= medium {
+        "medium"
+    } else {
+        "low"
+    }
+}
+
+/// A scored profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scored {
+    pub margin: f64,
+    pub probability: f64,
+    /// `round(100 · probability)`.
+    pub score: u8,
+    pub percentile: u8,
+    pub bucket: &'static str,
+    pub factors: Vec<Factor>,
+}
+
+/// Scores and explains every row. `progress(done, total)` is called as chunks finish.
+pub fn score(
+    scorer: &Scorer,
+    x: Matrix<'_>,
+    top_n: usize,
+    high: u32,
+    medium: u32,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Vec<Scored> {
+    let n = x.rows;
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let chunk = 4096;
+    let parts = par_ranges(n, threads(), |r| {
+        let mut scratch = Scratch::default();
+        let mut out = vec![0.0; x.width * BLOCK];
+        let mut rows = Vec::with_capacity(r.len());
+        let mut since = 0usize;
+        let all: Vec<usize> = r.collect();
+        for block in all.chunks(BLOCK) {
+            let xs: Vec<&[f32]> = block.iter().map(|&i| x.row(i)).collect();
+            let out = &mut out[..x.width * xs.len()];
+            out.iter_mut().for_each(|v| *v = 0.0);
+            scorer.explain_rows(&xs, &mut scratch, out);
+            for (b, xi) in xs.iter().enumerate() {
+                // The margin is the model's own; that the contributions add up to it (local
+                // accuracy) is what the tests check.
+                let margin = scorer.model.margin(xi);
+                let probability = scorer.probability(margin);
+                let c = &out[b * x.width..(b + 1) * x.width];
+                rows.push((margin, probability, top_factors(c, top_n)));
+            }
+            since += xs.len();
+            if since >= chunk {
+                let d = done.fetch_add(since, std::sync::atomic::Ordering::Relaxed) + since;
+                progress(d.min(n), n);
+                since = 0;
+            }
+        }
+        rows
+    })
+    .concat();
+    progress(n, n);
+    let m: Vec<f64> = parts.iter().map(|p| p.0).collect();
+    let pct = percentiles(&m);
+    parts
+        .into_iter()
+        .zip(pct)
+        .map(|((margin, probability, factors), p)| Scored {
+            margin,
+            probability,
+            score: (probability * 100.0).round().clamp(0.0, 100.0) as u8,
+            percentile: p,
+            bucket: bucket(p, high, medium),
+            factors,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_1_to_100_and_ties_share() {
+        let m: Vec<f64> = (0..1000).map(|i| (i / 2) as f64).collect();
+        let p = percentiles(&m);
+        assert_eq!(p[0], 1);
+        assert_eq!(p[0], p[1]);
+        assert_eq!(p[999], 100);
+        assert!(p.iter().all(|v| (1..=100).contains(v)));
+        assert_eq!(percentiles(&[3.0]), vec![1]);
+        assert_eq!(bucket(75, 75, 25), "high");
+        assert_eq!(bucket(74, 75, 25), "medium");
+        assert_eq!(bucket(24, 75, 25), "low");
+    }
+
+    #[test]
+    fn top_factors_order_and_importance() {
+        let f = top_factors(&[0.1, -2.0, 0.0, 0.5, 0.5], 3);
+        let feats: Vec<u32> = f.iter().map(|x| x.feature).collect();
+        assert_eq!(feats, vec![1, 3, 4]);
+        assert_eq!(f[0].importance, "high");
+        assert_eq!(f[1].importance, "medium");
+        assert!(top_factors(&[0.0, 0.0], 5).is_empty());
+    }
+
+    fn settings(algorithm: Algorithm) -> Settings {
+        Settings {
+            algorithm,
+            gbdt: GbdtParams {
+                num_trees: 100,
+                learning_rate: 0.1,
+                ..GbdtParams::default()
+            },
+            calibration: CalibrationMethod::Isotonic,
+            seed: 1,
+            min_positives: 50,
+            min_negatives: 50,
+            churn: false,
+            lookback_days: 365.0,
+            top_factors: 3,
+            high: 75,
+            medium: 25,
+        }
+    }
+
+    fn names() -> (Vec<String>, Vec<String>) {
+        let names: Vec<String> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let labels = names.iter().map(|n| format!("Feature {n}")).collect();
+        (names, labels)
+    }
+
+    #[test]
+    fn trains_calibrates_and_scores_every_algorithm() {
+        let (x, y, w) = crate::gbdt::tests::synthetic(8000, 21);
+        let (vx, vy, _) = crate::gbdt::tests::synthetic(4000, 22);
+        let (names, labels) = names();
+        let data = TrainData {
+            names: &names,
+            labels: &labels,
+            train: Matrix::new(&x, w),
+            train_y: &y,
+            valid: Matrix::new(&vx, w),
+            valid_y: &vy,
+        };
+        let mut aucs = Vec::new();
+        for alg in [Algorithm::Gbdt, Algorithm::Logistic, Algorithm::Svm] {
+            let out = train(&data, &settings(alg), &|_, _| {}).expect("train");
+            let m = out.metrics.expect("metrics");
+            assert!(m.auc.unwrap_or(0.0) > 0.7, "{alg:?} {m:?}");
+            assert!(
+                m.expected_calibration_error < 0.05,
+                "{alg:?} ece {}",
+                m.expected_calibration_error
+            );
+            assert!((m.mean_probability - m.base_rate).abs() < 0.03);
+            assert!(out.fallback_reason.is_none());
+            assert!(!out.importance.is_empty());
+            assert_eq!(out.top_factors_by_bucket.len(), 3);
+            let scored = score(&out.scorer, Matrix::new(&vx, w), 3, 75, 25, &|_, _| {});
+            assert_eq!(scored.len(), 4000);
+            assert!(scored.iter().all(|r| r.factors.len() <= 3));
+            let high = scored.iter().filter(|r| r.bucket == "high").count();
+            assert!((900..=1100).contains(&high), "{high}");
+            aucs.push(m.auc.unwrap_or(0.0));
+        }
+        assert!(
+            aucs[0] >= aucs[1] - 0.01,
+            "gbdt {} vs logistic {}",
+            aucs[0],
+            aucs[1]
+        );
+    }
+
+    #[test]
+    fn too_few_positives_fall_back_and_still_rank() {
+        let (x, mut y, w) = crate::gbdt::tests::synthetic(3000, 5);
+        let (vx, mut vy, _) = crate::gbdt::tests::synthetic(1000, 6);
+        // Keep only a handful of positives.
+        let mut kept = 0;
+        for l in y.iter_mut().chain(vy.iter_mut()) {
+            if *l == 1 {
+                kept += 1;
+                if kept > 10 {
+                    *l = 0;
+                }
+            }
+        }
+        let names: Vec<String> = ["days_since_last_event", "event_count_90d", "c", "d", "e"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let labels = names.clone();
+        let data = TrainData {
+            names: &names,
+            labels: &labels,
+            train: Matrix::new(&x, w),
+            train_y: &y,
+            valid: Matrix::new(&vx, w),
+            valid_y: &vy,
+        };
+        let out = train(&data, &settings(Algorithm::Gbdt), &|_, _| {}).expect("train");
+        assert!(out.scorer.model.is_fallback());
+        let reason = out.fallback_reason.expect("reason");
+        assert!(
+            reason.contains("positive") && reason.contains("min_positives = 50"),
+            "{reason}"
+        );
+        let scored = score(&out.scorer, Matrix::new(&vx, w), 3, 75, 25, &|_, _| {});
+        let distinct: std::collections::BTreeSet<u8> =
+            scored.iter().map(|s| s.percentile).collect();
+        assert!(distinct.len() > 10, "the fallback still ranks");
+    }
+}

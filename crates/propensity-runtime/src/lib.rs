@@ -1,0 +1,995 @@
+//! One Propensity run end to end: load and check the data, compute point-in-time features,
+//! train when due (calibrate, evaluate, quality gate, registry), score every eligible
+//! profile with its reasons, and write the score table, the model card and the run report.
+//!
+//! The same function runs from the CLI (`propensity run`) and, later, from the daemon's child
+//! processes. It is synchronous: the IO parts run on a private Tokio runtime, the CPU-heavy
+//! parts on the calling thread and scoped worker threads.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use propensity_core::{Domain, Goal, Job, SinkKind};
+use propensity_engine::source::EnvLookup;
+use propensity_engine::{Engine, EngineError, EngineOptions};
+use propensity_model::Matrix;
+use propensity_model::calibrate::Calibrator;
+use propensity_model::card::{ClassCounts, CutoffSummary, ModelCard, Quality};
+use propensity_model::gbdt::GbdtParams;
+use propensity_model::pipeline::{self, Algorithm, CalibrationMethod, Scorer, Settings};
+use sha2::{Digest, Sha256};
+
+pub mod html;
+pub mod registry;
+pub mod report;
+pub mod scores;
+
+use registry::{LatestRun, Registry, StoredModel, write_atomic};
+use report::{BucketSize, DataSummary, Output, RunReport, StageTiming, TrainingOutcome};
+
+/// Why a run failed: who must act (`domain`), what happened, and what to do.
+#[derive(Debug, Clone)]
+pub struct RunError {
+    pub domain: Domain,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl RunError {
+    pub fn user(m: impl Into<String>) -> Self {
+        RunError {
+            domain: Domain::User,
+            message: m.into(),
+            hint: None,
+        }
+    }
+    pub fn external(m: impl Into<String>) -> Self {
+        RunError {
+            domain: Domain::External,
+            message: m.into(),
+            hint: None,
+        }
+    }
+    pub fn internal(m: impl Into<String>) -> Self {
+        RunError {
+            domain: Domain::Internal,
+            message: m.into(),
+            hint: None,
+        }
+    }
+    pub fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+impl std::fmt::Display for RunError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for RunError {}
+
+impl From<EngineError> for RunError {
+    fn from(e: EngineError) -> Self {
+        RunError {
+            domain: e.domain,
+            message: e.message,
+            hint: e.hint,
+        }
+    }
+}
+
+/// Where a run reports its stages. The CLI draws bars on a terminal and logs otherwise.
+pub trait Progress: Sync {
+    /// A stage begins; `total` is its unit count when known (trees, rows).
+    fn begin(&self, stage: &str, total: Option<u64>);
+    /// Units done so far in the current stage.
+    fn advance(&self, done: u64);
+    /// The stage ended, with a one-line summary.
+    fn end(&self, stage: &str, seconds: f64, summary: &str);
+    /// Something a person must know (fallback used, gate failed, …).
+    fn warn(&self, message: &str);
+}
+
+/// Progress that goes nowhere (tests, library use).
+#[derive(Debug, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn begin(&self, _: &str, _: Option<u64>) {}
+    fn advance(&self, _: u64) {}
+    fn end(&self, _: &str, _: f64, _: &str) {}
+    fn warn(&self, _: &str) {}
+}
+
+#[derive(Clone)]
+pub struct RunOptions {
+    pub as_of: DateTime<Utc>,
+    /// Train even when the champion was trained on the same configuration.
+    pub force_train: bool,
+    pub state_dir: PathBuf,
+    /// Where `${NAME}` references in the job are looked up.
+    pub env: EnvLookup,
+}
+
+impl RunOptions {
+    /// Options with the process environment for `${NAME}` references.
+    pub fn new(as_of: DateTime<Utc>, force_train: bool, state_dir: PathBuf) -> Self {
+        RunOptions {
+            as_of,
+            force_train,
+            state_dir,
+            env: std::sync::Arc::new(|k| std::env::var(k).ok()),
+        }
+    }
+}
+
+impl std::fmt::Debug for RunOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunOptions")
+            .field("as_of", &self.as_of)
+            .field("force_train", &self.force_train)
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    pub report: RunReport,
+    pub run_dir: PathBuf,
+    pub scores_path: PathBuf,
+    pub report_path: PathBuf,
+}
+
+pub(crate) fn rfc3339(us: i64) -> String {
+    DateTime::from_timestamp_micros(us)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| us.to_string())
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Hash of the whole job as validated (templates unresolved: no secret enters it).
+pub fn config_hash(job: &Job) -> String {
+    sha256_hex(serde_json::to_string(job).unwrap_or_default().as_bytes())[..16].to_owned()
+}
+
+/// Hash of what a model depends on: sources, goal, eligibility, features and model settings.
+/// Output, schedule, segments and sinks can change without retraining.
+pub fn training_hash(job: &Job) -> String {
+    let doc = serde_json::json!({
+        "events": job.events, "profiles": job.profiles, "goal": job.goal,
+        "eligibility": job.eligibility, "features": job.features, "model": job.model,
+    });
+    sha256_hex(doc.to_string().as_bytes())[..16].to_owned()
+}
+
+/// A short, readable description of the goal for the `goal` column.
+pub fn goal_text(job: &Job) -> String {
+    match &job.goal {
+        Goal::Conditions(g) => format!("{} within {}", g.outcome.as_str(), g.window),
+        Goal::Plugin(g) => format!("{} within {}", g.plugin, g.window),
+    }
+}
+
+fn settings(job: &Job) -> Settings {
+    let g = &job.model.gbdt;
+    Settings {
+        algorithm: match job.model.algorithm {
+            propensity_core::enums::Algorithm::Gbdt => Algorithm::Gbdt,
+            propensity_core::enums::Algorithm::Logistic => Algorithm::Logistic,
+            propensity_core::enums::Algorithm::Svm => Algorithm::Svm,
+        },
+        gbdt: GbdtParams {
+            num_trees: g.num_trees as usize,
+            learning_rate: g.learning_rate,
+            max_depth: g.max_depth as usize,
+            num_leaves: g.num_leaves as usize,
+            min_data_in_leaf: g.min_data_in_leaf as usize,
+            early_stopping_rounds: g.early_stopping_rounds as usize,
+            ..GbdtParams::default()
+        },
+        calibration: match job.model.calibration {
+            propensity_core::enums::Calibration::Isotonic => CalibrationMethod::Isotonic,
+            propensity_core::enums::Calibration::Platt => CalibrationMethod::Platt,
+            propensity_core::enums::Calibration::None => CalibrationMethod::None,
+        },
+        seed: job.model.seed,
+        min_positives: job.model.min_positives as usize,
+        min_negatives: job.model.min_negatives as usize,
+        churn: matches!(
+            &job.goal,
+            Goal::Conditions(c) if c.outcome == propensity_core::enums::Outcome::WillNotOccur
+        ),
+        lookback_days: job.features.lookback.as_duration().as_secs_f64() / 86_400.0,
+        top_factors: job.output.top_factors as usize,
+        high: job.output.high,
+        medium: job.output.medium,
+    }
+}
+
+struct Stage<'a> {
+    progress: &'a dyn Progress,
+    timings: &'a mut Vec<StageTiming>,
+    name: &'static str,
+    start: Instant,
+}
+
+impl<'a> Stage<'a> {
+    fn begin(
+        progress: &'a dyn Progress,
+        timings: &'a mut Vec<StageTiming>,
+        name: &'static str,
+        total: Option<u64>,
+    ) -> Self {
+        progress.begin(name, total);
+        Stage {
+            progress,
+            timings,
+            name,
+            start: Instant::now(),
+        }
+    }
+    fn end(self, summary: &str) {
+        let s = self.start.elapsed().as_secs_f64();
+        self.progress.end(self.name, s, summary);
+        self.timings.push(StageTiming {
+            stage: self.name.into(),
+            seconds: s,
+        });
+    }
+}
+
+/// Training input assembled from the dataset: older cutoffs stacked, the newest validates.
+/// With a single training cutoff, its rows are split 80/20 by a hash of the row.
+struct Split {
+    train_x: Vec<f32>,
+    train_y: Vec<u8>,
+    valid_x: Vec<f32>,
+    valid_y: Vec<u8>,
+    cutoffs: Vec<CutoffSummary>,
+}
+
+fn split(d: &propensity_engine::dataset::Dataset, seed: u64) -> Split {
+    let mut s = Split {
+        train_x: Vec::new(),
+        train_y: Vec::new(),
+        valid_x: Vec::new(),
+        valid_y: Vec::new(),
+        cutoffs: Vec::new(),
+    };
+    let summary = |snap: &propensity_engine::dataset::Snapshot, role: &str| CutoffSummary {
+        cutoff: rfc3339(snap.cutoff),
+        role: role.into(),
+        rows: snap.rows.len(),
+        positives: snap.positives(),
+        negatives: snap.negatives(),
+    };
+    match d.training.as_slice() {
+        [] => {}
+        [only] => {
+            let w = only.width;
+            for i in 0..only.rows.len() {
+                let to_valid = hash64(seed ^ u64::from(only.rows[i])).is_multiple_of(5);
+                let (x, y) = if to_valid {
+                    (&mut s.valid_x, &mut s.valid_y)
+                } else {
+                    (&mut s.train_x, &mut s.train_y)
+                };
+                x.extend_from_slice(&only.values[i * w..(i + 1) * w]);
+                y.push(only.labels[i]);
+            }
+            s.cutoffs
+                .push(summary(only, "train+validation (80/20 by profile)"));
+        }
+        [newest, older @ ..] => {
+            s.valid_x = newest.values.clone();
+            s.valid_y = newest.labels.clone();
+            s.cutoffs.push(summary(newest, "validation"));
+            for o in older {
+                s.train_x.extend_from_slice(&o.values);
+                s.train_y.extend_from_slice(&o.labels);
+                s.cutoffs.push(summary(o, "train"));
+            }
+        }
+    }
+    s
+}
+
+fn hash64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn counts(y: &[u8]) -> ClassCounts {
+    let positives = y.iter().filter(|l| **l == 1).count();
+    ClassCounts {
+        rows: y.len(),
+        positives,
+        negatives: y.len() - positives,
+    }
+}
+
+/// Hash of the training data: every training cutoff's time, labels and feature values.
+fn fingerprint(d: &propensity_engine::dataset::Dataset, names: &[String]) -> String {
+    let mut h = Sha256::new();
+    for n in names {
+        h.update(n.as_bytes());
+        h.update([0]);
+    }
+    for s in &d.training {
+        h.update(s.cutoff.to_le_bytes());
+        h.update(&s.labels);
+        for v in &s.values {
+            h.update(v.to_bits().to_le_bytes());
+        }
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Runs a job once at `opts.as_of`.
+pub fn run(
+    job: &Job,
+    job_dir: &Path,
+    opts: &RunOptions,
+    progress: &dyn Progress,
+) -> Result<RunSummary, RunError> {
+    let started = Utc::now();
+    let as_of_us = opts.as_of.timestamp_micros();
+    let run_id = format!(
+        "{}-{}",
+        opts.as_of.format("%Y%m%dT%H%M%SZ"),
+        started.format("%Y%m%dT%H%M%S%.3fZ")
+    )
+    .replace('.', "");
+    let config_hash = config_hash(job);
+    let training_hash = training_hash(job);
+    let settings = settings(job);
+    let registry = Registry::open(&opts.state_dir, &job.name)?;
+    let mut timings = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
+    let warn = |w: &mut Vec<String>, m: String| {
+        progress.warn(&m);
+        w.push(m);
+    };
+
+    // Load and check.
+    let stage = Stage::begin(progress, &mut timings, "load", None);
+    let mut engine_opts = EngineOptions::from_job(job, job_dir)?;
+    engine_opts.env = opts.env.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| RunError::internal(format!("cannot start the runtime: {e}")))?;
+    let loaded = rt.block_on(async {
+        let engine = Engine::new(engine_opts)?;
+        engine.load(job, job_dir, opts.as_of).await
+    })?;
+    let checks = &loaded.report;
+    stage.end(&format!(
+        "{} events of {} profiles",
+        checks.events.counts.events_kept, checks.events.counts.profiles
+    ));
+    if !checks.passed {
+        let lines: Vec<String> = checks
+            .problems
+            .iter()
+            .map(|f| format!("{} (fix: {})", f.message, f.hint))
+            .collect();
+        return Err(RunError::user(format!(
+            "the data checks failed:\n  - {}",
+            lines.join("\n  - ")
+        ))
+        .hint("`propensity dry-run` prints the whole data-check report"));
+    }
+    for f in &checks.warnings {
+        warn(&mut warnings, format!("data: {}", f.message));
+    }
+
+    // Features for every cutoff.
+    let stage = Stage::begin(progress, &mut timings, "features", None);
+    let dataset = loaded.dataset()?;
+    let names: Vec<String> = loaded
+        .features
+        .catalogue
+        .features
+        .iter()
+        .map(|f| f.name.clone())
+        .collect();
+    let labels: Vec<String> = loaded
+        .features
+        .catalogue
+        .features
+        .iter()
+        .map(|f| f.label.clone())
+        .collect();
+    stage.end(&format!(
+        "{} features, {} training cutoffs, {} profiles to score",
+        names.len(),
+        dataset.training.len(),
+        dataset.scoring.rows.len()
+    ));
+
+    // Train when due.
+    // An unreadable champion (damaged file, older format) must not stop the job: a new
+    // model is trained instead, and the run says so.
+    let champion = match registry.champion() {
+        Ok(c) => c,
+        Err(e) => {
+            warn(
+                &mut warnings,
+                format!(
+                    "the champion model cannot be used ({}); training a new one",
+                    e.message
+                ),
+            );
+            None
+        }
+    };
+    let due = opts.force_train
+        || champion
+            .as_ref()
+            .is_none_or(|c| c.training_hash != training_hash);
+    let mut rejected: Option<ModelCard> = None;
+    let mut scoring_model: Option<StoredModel> = None;
+    let mut fallback_model: Option<StoredModel> = None;
+    let training: TrainingOutcome;
+    if due {
+        let total = settings.gbdt.num_trees as u64;
+        let stage = Stage::begin(
+            progress,
+            &mut timings,
+            "train",
+            (settings.algorithm == Algorithm::Gbdt).then_some(total),
+        );
+        let sp = split(&dataset, settings.seed);
+        let width = names.len();
+        let data = pipeline::TrainData {
+            names: &names,
+            labels: &labels,
+            train: Matrix::new(&sp.train_x, width),
+            train_y: &sp.train_y,
+            valid: Matrix::new(&sp.valid_x, width),
+            valid_y: &sp.valid_y,
+        };
+        let out = pipeline::train(&data, &settings, &|done, _| progress.advance(done as u64))
+            .map_err(|e| RunError::user(format!("training failed: {e}")))?;
+        let fp = fingerprint(&dataset, &names);
+        let algorithm = out.scorer.model.algorithm().to_owned();
+        let version = format!(
+            "{}-{}",
+            opts.as_of.format("%Y%m%d"),
+            &sha256_hex(format!("{training_hash}/{fp}/{algorithm}/{}", settings.seed).as_bytes())
+                [..8]
+        );
+        let auc = out.metrics.as_ref().and_then(|m| m.auc);
+        let fallback = out.scorer.model.is_fallback();
+        let passed = !fallback && auc.is_some_and(|a| a >= job.model.min_auc);
+        let reason = match (fallback, auc) {
+            (true, _) => format!(
+                "not promoted: a fallback model ({})",
+                out.fallback_reason.clone().unwrap_or_default()
+            ),
+            (false, None) => {
+                "not promoted: the validation cutoff lacks positives or negatives, so the model could not be validated".to_owned()
+            }
+            (false, Some(a)) if passed => {
+                format!("validation AUC {a:.3} ≥ quality_gate.min_auc {:.3}", job.model.min_auc)
+            }
+            (false, Some(a)) => {
+                format!("validation AUC {a:.3} < quality_gate.min_auc {:.3}", job.model.min_auc)
+            }
+        };
+        let data_from = rfc3339(loaded.plan.needed_from());
+        let card = ModelCard {
+            job: job.name.clone(),
+            model_version: version.clone(),
+            algorithm: algorithm.clone(),
+            confidence: if fallback { "low" } else { "normal" }.into(),
+            fallback_reason: out.fallback_reason.clone(),
+            trained_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            as_of: rfc3339(as_of_us),
+            data_from,
+            data_to: rfc3339(
+                loaded
+                    .plan
+                    .training
+                    .first()
+                    .map_or(as_of_us, |c| c + loaded.plan.window),
+            ),
+            window: job.goal.window().to_string(),
+            cutoffs: sp.cutoffs.clone(),
+            train: counts(&sp.train_y),
+            validation: counts(&sp.valid_y),
+            features: names.clone(),
+            seed: settings.seed,
+            config_hash: training_hash.clone(),
+            data_fingerprint: fp,
+            params: out.params.clone(),
+            calibration: match out.calibration {
+                CalibrationMethod::Isotonic => "isotonic",
+                CalibrationMethod::Platt => "platt",
+                CalibrationMethod::None => "none",
+            }
+            .into(),
+            metrics: out.metrics.clone(),
+            importance: out.importance.clone(),
+            top_factors_by_bucket: out.top_factors_by_bucket.clone(),
+            quality: Quality {
+                min_auc: job.model.min_auc,
+                passed,
+                grade: if fallback {
+                    "fallback".into()
+                } else {
+                    propensity_model::card::grade(auc, job.model.min_auc).into()
+                },
+                reason: reason.clone(),
+            },
+            timings: out.timings.clone(),
+        };
+        let stored = StoredModel {
+            format: registry::MODEL_FORMAT,
+            version: version.clone(),
+            training_hash: training_hash.clone(),
+            features: names.clone(),
+            labels: labels.clone(),
+            model: out.scorer.model,
+            calibrator: out.scorer.calibrator,
+            card,
+        };
+        let summary = match auc {
+            Some(a) => format!("{algorithm} {version}: validation AUC {a:.3}"),
+            None => format!("{algorithm} {version}: not validated"),
+        };
+        stage.end(&summary);
+        if fallback {
+            let why = stored.card.fallback_reason.clone().unwrap_or_default();
+            if let Some(c) = &champion {
+                warn(
+                    &mut warnings,
+                    format!(
+                        "not retrained: {why}; the champion {} keeps scoring",
+                        c.version
+                    ),
+                );
+                training = TrainingOutcome {
+                    status: "fallback_kept_champion".into(),
+                    message: format!(
+                        "too little data to retrain ({why}); champion {} scored",
+                        c.version
+                    ),
+                };
+            } else {
+                warn(
+                    &mut warnings,
+                    format!(
+                        "too little data to train: {why}. Scores come from a simple recency/frequency/monetary ranking and are marked confidence = low"
+                    ),
+                );
+                training = TrainingOutcome {
+                    status: "fallback".into(),
+                    message: format!(
+                        "too little data to train ({why}): the fallback ranking scored"
+                    ),
+                };
+                fallback_model = Some(stored);
+            }
+        } else {
+            registry.save(&stored)?;
+            if passed {
+                registry.promote(&version)?;
+                training = TrainingOutcome {
+                    status: "trained_promoted".into(),
+                    message: format!("{version} trained and promoted: {reason}"),
+                };
+            } else {
+                let kept = champion.as_ref().map(|c| c.version.clone());
+                warn(
+                    &mut warnings,
+                    format!(
+                        "quality gate failed: {version} {reason}; {}",
+                        match &kept {
+                            Some(v) => format!("the previous champion {v} keeps scoring"),
+                            None => "no earlier model passed, so the fallback ranking scores (confidence = low)".into(),
+                        }
+                    ),
+                );
+                training = TrainingOutcome {
+                    status: "trained_rejected".into(),
+                    message: format!("{version} kept for inspection, not promoted: {reason}"),
+                };
+                rejected = Some(stored.card.clone());
+            }
+        }
+        // Score with what the registry holds, read back: what is stored is what scores.
+        if let Some(v) = registry.champion_version()? {
+            scoring_model = Some(registry.load(&v)?);
+        }
+    } else {
+        let c = champion
+            .as_ref()
+            .map(|c| c.version.clone())
+            .unwrap_or_default();
+        training = TrainingOutcome {
+            status: "not_due".into(),
+            message: format!(
+                "champion {c} scored (trained on this configuration; --train retrains)"
+            ),
+        };
+        scoring_model = champion;
+    }
+    let stored = match (scoring_model, fallback_model) {
+        (Some(m), _) => m,
+        (None, Some(f)) => f,
+        (None, None) => {
+            // The gate failed and there is no champion: rank with the fallback.
+            let sp = split(&dataset, settings.seed);
+            let width = names.len();
+            let mut s = settings.clone();
+            s.min_positives = usize::MAX;
+            let data = pipeline::TrainData {
+                names: &names,
+                labels: &labels,
+                train: Matrix::new(&sp.train_x, width),
+                train_y: &sp.train_y,
+                valid: Matrix::new(&sp.valid_x, width),
+                valid_y: &sp.valid_y,
+            };
+            let out = pipeline::train(&data, &s, &|_, _| {}).map_err(RunError::internal)?;
+            let mut card = rejected
+                .clone()
+                .ok_or_else(|| RunError::internal("no model to score with"))?;
+            card.algorithm = "fallback_rfm".into();
+            card.confidence = "low".into();
+            card.fallback_reason = Some("no model has passed the quality gate yet".into());
+            card.model_version = format!("{}-fallback", card.model_version);
+            card.metrics = out.metrics;
+            card.importance = out.importance;
+            card.top_factors_by_bucket = out.top_factors_by_bucket;
+            StoredModel {
+                format: registry::MODEL_FORMAT,
+                version: card.model_version.clone(),
+                training_hash: training_hash.clone(),
+                features: names.clone(),
+                labels: labels.clone(),
+                model: out.scorer.model,
+                calibrator: Calibrator::None,
+                card,
+            }
+        }
+    };
+    let confidence = if stored.model.is_fallback() {
+        "low"
+    } else {
+        "normal"
+    };
+
+    // Score and explain.
+    let snap = &dataset.scoring;
+    let stage = Stage::begin(
+        progress,
+        &mut timings,
+        "score",
+        Some(snap.rows.len() as u64),
+    );
+    let map: Vec<Option<usize>> = stored
+        .features
+        .iter()
+        .map(|f| names.iter().position(|n| n == f))
+        .collect();
+    let missing: Vec<&str> = stored
+        .features
+        .iter()
+        .zip(&map)
+        .filter(|(_, m)| m.is_none())
+        .map(|(f, _)| f.as_str())
+        .collect();
+    if !missing.is_empty() {
+        warn(
+            &mut warnings,
+            format!(
+                "the data no longer has {} feature(s) model {} uses (scored as missing): {}",
+                missing.len(),
+                stored.version,
+                missing.join(", ")
+            ),
+        );
+    }
+    let identity = map.iter().enumerate().all(|(j, m)| *m == Some(j)) && map.len() == names.len();
+    let aligned: Vec<f32>;
+    let x = if identity {
+        Matrix::new(&snap.values, snap.width)
+    } else {
+        let n = snap.rows.len();
+        let mut v = Vec::with_capacity(n * map.len());
+        for i in 0..n {
+            let row = &snap.values[i * snap.width..(i + 1) * snap.width];
+            v.extend(map.iter().map(|m| m.map_or(f32::NAN, |j| row[j])));
+        }
+        aligned = v;
+        Matrix::new(&aligned, map.len())
+    };
+    let scorer = Scorer::new(stored.model.clone(), stored.calibrator.clone());
+    let scored = pipeline::score(
+        &scorer,
+        x,
+        settings.top_factors,
+        settings.high,
+        settings.medium,
+        &|done, _| progress.advance(done as u64),
+    );
+    stage.end(&format!(
+        "{} profiles scored with {}",
+        scored.len(),
+        stored.version
+    ));
+
+    // Write.
+    let stage = Stage::begin(progress, &mut timings, "write", None);
+    let ids: Vec<&str> = snap
+        .rows
+        .iter()
+        .map(|&p| loaded.store.profile_ids[p as usize].as_str())
+        .collect();
+    let goal = goal_text(job);
+    let cols = scores::RunColumns {
+        job: &job.name,
+        goal: &goal,
+        as_of_us,
+        model_version: &stored.version,
+        config_hash: &config_hash,
+        confidence,
+        names: &stored.features,
+        labels: &stored.labels,
+    };
+    let batch = scores::batch(&cols, &ids, &scored, &|i, j| x.get(i, j))?;
+    let bytes = scores::parquet_bytes(&batch)?;
+    let run_dir = registry.run_dir(&run_id);
+    let scores_path = run_dir.join("scores.parquet");
+    write_atomic(&scores_path, &bytes)?;
+    let mut outputs = vec![Output {
+        kind: "scores".into(),
+        location: scores_path.display().to_string(),
+        rows: Some(scored.len()),
+    }];
+    for sink in &job.sinks {
+        match &sink.kind {
+            SinkKind::Parquet {
+                location, storage, ..
+            } => {
+                let dir =
+                    propensity_engine::source::output_dir(location, storage, job_dir, &opts.env)
+                        .map_err(|e| RunError::user(format!("sink `{}`: {e}", sink.name)))?;
+                let key = |rest: &str| {
+                    object_store::path::Path::from(format!(
+                        "{}{}{rest}",
+                        dir.prefix,
+                        if dir.prefix.as_ref().is_empty() {
+                            ""
+                        } else {
+                            "/"
+                        }
+                    ))
+                };
+                let data_key = key(&format!("runs/{run_id}/scores.parquet"));
+                let pointer = serde_json::json!({
+                    "run_id": run_id, "as_of": rfc3339(as_of_us), "model_version": stored.version,
+                    "rows": scored.len(), "files": [format!("runs/{run_id}/scores.parquet")],
+                });
+                let store = dir.store.clone();
+                let payload = bytes.clone();
+                rt.block_on(async {
+                    use object_store::ObjectStoreExt;
+                    store.put(&data_key, payload.into()).await?;
+                    store
+                        .put(
+                            &key("current.json"),
+                            serde_json::to_vec_pretty(&pointer)
+                                .unwrap_or_default()
+                                .into(),
+                        )
+                        .await
+                        .map(|_| ())
+                })
+                .map_err(|e| {
+                    RunError::external(format!("sink `{}` ({}): {e}", sink.name, dir.display))
+                })?;
+                outputs.push(Output {
+                    kind: format!("sink:{}", sink.name),
+                    location: format!(
+                        "{}/runs/{run_id}/scores.parquet",
+                        dir.display.trim_end_matches('/')
+                    ),
+                    rows: Some(scored.len()),
+                });
+            }
+            other => warn(
+                &mut warnings,
+                format!(
+                    "sink `{}` ({}) is not published by this build yet; the scores are in {}",
+                    sink.name,
+                    other.type_name(),
+                    scores_path.display()
+                ),
+            ),
+        }
+    }
+
+    // Report.
+    let n = scored.len();
+    let mut histogram = vec![0u64; 20];
+    for s in &scored {
+        histogram[(usize::from(s.score) / 5).min(19)] += 1;
+    }
+    let buckets: Vec<BucketSize> = ["high", "medium", "low"]
+        .iter()
+        .map(|b| {
+            let rows: Vec<&pipeline::Scored> = scored.iter().filter(|s| s.bucket == *b).collect();
+            BucketSize {
+                bucket: (*b).into(),
+                profiles: rows.len(),
+                share: rows.len() as f64 / n.max(1) as f64,
+                mean_probability: rows.iter().map(|s| s.probability).sum::<f64>()
+                    / rows.len().max(1) as f64,
+                min_percentile: rows
+                    .iter()
+                    .map(|s| u32::from(s.percentile))
+                    .min()
+                    .unwrap_or(0),
+                max_percentile: rows
+                    .iter()
+                    .map(|s| u32::from(s.percentile))
+                    .max()
+                    .unwrap_or(0),
+            }
+        })
+        .collect();
+    let groups: Vec<(&str, Vec<&[pipeline::Factor]>)> = ["high", "medium", "low"]
+        .iter()
+        .map(|b| {
+            (
+                *b,
+                scored
+                    .iter()
+                    .filter(|s| s.bucket == *b)
+                    .map(|s| s.factors.as_slice())
+                    .collect(),
+            )
+        })
+        .collect();
+    let top_factors_by_bucket =
+        pipeline::summarize_factors(&groups, &stored.features, &stored.labels);
+    let c = &checks.events.counts;
+    let report_json = run_dir.join("report.json");
+    let report_html = run_dir.join("report.html");
+    let card_json = run_dir.join("card.json");
+    outputs.push(Output {
+        kind: "model_card".into(),
+        location: card_json.display().to_string(),
+        rows: None,
+    });
+    outputs.push(Output {
+        kind: "report_json".into(),
+        location: report_json.display().to_string(),
+        rows: None,
+    });
+    outputs.push(Output {
+        kind: "report_html".into(),
+        location: report_html.display().to_string(),
+        rows: None,
+    });
+    stage.end(&format!("{}", run_dir.display()));
+    let mut report = RunReport {
+        job: job.name.clone(),
+        description: job.description.clone(),
+        run_id: run_id.clone(),
+        as_of: rfc3339(as_of_us),
+        started_at: started.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        finished_at: String::new(),
+        model_version: stored.version.clone(),
+        algorithm: stored.model.algorithm().into(),
+        confidence: confidence.into(),
+        training,
+        card: stored.card.clone(),
+        rejected_card: rejected,
+        scored: n,
+        mean_probability: scored.iter().map(|s| s.probability).sum::<f64>() / n.max(1) as f64,
+        buckets,
+        score_histogram: histogram,
+        top_factors_by_bucket,
+        data: DataSummary {
+            events_read: c.rows_read,
+            events_used: c.events_kept,
+            events_rejected: c.invalid(),
+            profiles: loaded.store.profiles(),
+            eligible: snap.rows.len(),
+            findings: checks
+                .warnings
+                .iter()
+                .map(|f| format!("warning: {}", f.message))
+                .collect(),
+        },
+        timings,
+        outputs,
+        warnings,
+    };
+    report.finished_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let json = |v: &dyn erased::Json| v.to_vec();
+    write_atomic(&card_json, &json(&report.card))?;
+    write_atomic(&report_json, &json(&report))?;
+    write_atomic(&report_html, html::render(&report).as_bytes())?;
+    registry.set_latest_run(&LatestRun {
+        run_id,
+        as_of: report.as_of.clone(),
+        model_version: report.model_version.clone(),
+    })?;
+    Ok(RunSummary {
+        report,
+        run_dir,
+        scores_path,
+        report_path: report_html,
+    })
+}
+
+mod erased {
+    /// Pretty JSON of any serialisable value, newline-terminated.
+    pub trait Json {
+        fn to_vec(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn to_vec(&self) -> Vec<u8> {
+            let mut b = serde_json::to_vec_pretty(self).unwrap_or_default();
+            b.push(b'\n');
+            b
+        }
+    }
+}
+
+/// One profile's score and reasons from the job's latest run.
+pub fn explain(
+    state_dir: &Path,
+    job: &Job,
+    profile_id: &str,
+) -> Result<(registry::LatestRun, scores::ProfileScore), RunError> {
+    let registry = Registry::open(state_dir, &job.name)?;
+    let latest = registry.latest_run()?.ok_or_else(|| {
+        RunError::user(format!(
+            "job `{}` has no run in the state directory {}",
+            job.name,
+            state_dir.display()
+        ))
+        .hint("run it first: `propensity run JOB`, or pass the --state the run used")
+    })?;
+    let path = registry.run_dir(&latest.run_id).join("scores.parquet");
+    match scores::find(&path, profile_id)? {
+        Some(s) => Ok((latest, s)),
+        None => Err(RunError::user(format!(
+            "profile `{profile_id}` was not scored in the latest run of `{}` (as of {})",
+            job.name, latest.as_of
+        ))
+        .hint(format!(
+            "only profiles with an event in the {} before the as-of time are scored (eligibility.active_within); check the id",
+            job.eligibility.active_within
+        ))),
+    }
+}

@@ -1,0 +1,87 @@
+//! The run report: what one run did, as JSON (`report.json`) and as a static HTML page with
+//! inline SVG charts (`report.html`, see [`crate::html`]).
+
+use propensity_model::card::{BucketFactors, ModelCard};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunReport {
+    pub job: String,
+    pub description: Option<String>,
+    pub run_id: String,
+    /// RFC 3339.
+    pub as_of: String,
+    pub started_at: String,
+    pub finished_at: String,
+    /// The model that scored this run.
+    pub model_version: String,
+    pub algorithm: String,
+    /// `normal`, or `low` when the fallback model scored.
+    pub confidence: String,
+    /// Whether this run trained a model, and what became of it.
+    pub training: TrainingOutcome,
+    /// Card of the model that scored.
+    pub card: ModelCard,
+    /// Card of a model trained in this run that did not pass the quality gate.
+    pub rejected_card: Option<ModelCard>,
+    pub scored: usize,
+    /// Mean calibrated probability over the scored profiles.
+    pub mean_probability: f64,
+    pub buckets: Vec<BucketSize>,
+    /// Profiles per score band: `score_histogram[i]` counts scores in `[5i, 5i + 5)`, the last
+    /// band also holds 100 (20 bands).
+    pub score_histogram: Vec<u64>,
+    /// Leading factors per bucket over the scored profiles.
+    pub top_factors_by_bucket: Vec<BucketFactors>,
+    pub data: DataSummary,
+    pub timings: Vec<StageTiming>,
+    pub outputs: Vec<Output>,
+    /// Things a person should know (fallback used, gate failed, features missing, …).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainingOutcome {
+    /// `trained_promoted`, `trained_rejected`, `not_due` (the champion scored) or
+    /// `fallback` (too little data: the simple model scored).
+    pub status: String,
+    /// One sentence for people.
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BucketSize {
+    /// `high`, `medium` or `low`.
+    pub bucket: String,
+    pub profiles: usize,
+    pub share: f64,
+    pub mean_probability: f64,
+    pub min_percentile: u32,
+    pub max_percentile: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataSummary {
+    pub events_read: u64,
+    pub events_used: u64,
+    pub events_rejected: u64,
+    pub profiles: usize,
+    pub eligible: usize,
+    /// Data-check findings, one line each (`warning: …`).
+    pub findings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StageTiming {
+    pub stage: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Output {
+    /// `scores`, `model_card`, `report_html`, `report_json`, or a sink name.
+    pub kind: String,
+    /// A local path or a URL.
+    pub location: String,
+    pub rows: Option<usize>,
+}

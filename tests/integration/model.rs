@@ -1,0 +1,492 @@
+//! `propensity run` and `propensity explain` end to end through the command line, on the
+//! generated sample data (issue #4): scores for every eligible profile, byte-identical
+//! re-runs, the fallback model, the quality gate and the champion, reason codes.
+
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Float64Type, Int32Type};
+
+use crate::support::{sample, temp_dir};
+
+const AS_OF: &str = "2026-06-01T00:00:00Z";
+
+/// The sample job with `model` lines, a Parquet sink under `dir/published`, written to
+/// `dir/job.toml`.
+fn job(dir: &Path, model: &str) -> PathBuf {
+    let data = sample().display().to_string();
+    let text = format!(
+        r#"
+version = 1
+name = "model-test"
+description = "Buyers in the next 30 days <test>"
+
+[source.events]
+uri = "{data}/events/*.parquet"
+columns = {{ profile_id = "identityMap.ECID", timestamp = "timestamp", event_type = "eventType" }}
+
+[source.profiles]
+uri = "{data}/profiles/*.parquet"
+attributes = ["country", "loyalty_tier", "email_opt_in", "signup_date"]
+
+[goal]
+type = "conditions"
+outcome = "will_occur"
+window = "30d"
+match = "all"
+conditions = [
+  {{ field = "event_type", op = "eq", value = "commerce.purchases" }},
+  {{ field = "commerce.order.priceTotal", op = "gt", value = 0 }},
+]
+
+[eligibility]
+active_within = "60d"
+
+[features]
+lookback = "90d"
+windows = ["7d", "30d"]
+numeric_fields = ["commerce.order.priceTotal"]
+
+[model]
+snapshots = 4
+snapshot_stride = "7d"
+{model}
+
+[output]
+top_factors = 4
+
+[[sinks]]
+type = "parquet"
+name = "files"
+uri = "published/"
+"#
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("write job: {e}"));
+    path
+}
+
+struct Cli {
+    code: i32,
+    out: String,
+    err: String,
+}
+
+fn cli(args: &[&str]) -> Cli {
+    let mut out = Vec::new();
+    let mut err = Vec::new();
+    let mut argv = vec!["propensity"];
+    argv.extend_from_slice(args);
+    let code = propensity_cli::run(argv.iter().map(Into::into), &mut out, &mut err);
+    Cli {
+        code,
+        out: String::from_utf8_lossy(&out).into_owned(),
+        err: String::from_utf8_lossy(&err).into_owned(),
+    }
+}
+
+fn run(job: &Path, state: &Path, extra: &[&str]) -> (Cli, serde_json::Value) {
+    let mut args = vec![
+        "run",
+        job.to_str().unwrap_or_default(),
+        "--as-of",
+        AS_OF,
+        "--state",
+        state.to_str().unwrap_or_default(),
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let c = cli(&args);
+    assert_eq!(c.code, 0, "run failed:\n{}\n{}", c.out, c.err);
+    let report: serde_json::Value =
+        serde_json::from_str(&c.out).unwrap_or_else(|e| panic!("report JSON: {e}\n{}", c.out));
+    (c, report)
+}
+
+fn output(report: &serde_json::Value, kind: &str) -> PathBuf {
+    report["outputs"]
+        .as_array()
+        .and_then(|o| o.iter().find(|o| o["kind"] == kind))
+        .and_then(|o| o["location"].as_str())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no output {kind}: {report}"))
+}
+
+fn read(path: &Path) -> Vec<RecordBatch> {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+        .and_then(|b| b.build())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn strings(batches: &[RecordBatch], col: &str) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let a = b
+                .column_by_name(col)
+                .unwrap_or_else(|| panic!("no column {col}"))
+                .as_string::<i32>()
+                .clone();
+            (0..a.len()).map(move |i| a.value(i).to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn run_scores_every_eligible_profile_and_a_rerun_gives_identical_files() {
+    let dir = temp_dir("model-run");
+    let job = job(&dir, "min_positives = 20\nmin_negatives = 20\nseed = 11");
+    let state = dir.join("state");
+    let (_, first) = run(&job, &state, &["--train"]);
+    assert_eq!(first["training"]["status"], "trained_promoted", "{first}");
+    assert_eq!(first["confidence"], "normal");
+    let auc = first["card"]["metrics"]["auc"].as_f64().unwrap_or(0.0);
+    assert!(auc > 0.65, "validation AUC {auc}");
+    let scores = output(&first, "scores");
+    let batches = read(&scores);
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(n as u64, first["scored"].as_u64().unwrap_or(0));
+    assert_eq!(n as u64, first["data"]["eligible"].as_u64().unwrap_or(0));
+    assert!(n > 300, "{n} profiles scored");
+    // Every row carries the run's columns; ids are unique and sorted.
+    let ids = strings(&batches, "profile_id");
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let version = first["model_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        strings(&batches, "model_version")
+            .iter()
+            .all(|v| *v == version)
+    );
+    assert!(
+        strings(&batches, "config_hash")
+            .iter()
+            .all(|v| v.len() == 16)
+    );
+    assert!(
+        strings(&batches, "confidence")
+            .iter()
+            .all(|v| v == "normal")
+    );
+    for b in &batches {
+        let p = b
+            .column_by_name("probability")
+            .map(|c| c.as_primitive::<Float64Type>().clone());
+        let pct = b
+            .column_by_name("percentile")
+            .map(|c| c.as_primitive::<Int32Type>().clone());
+        let (Some(p), Some(pct)) = (p, pct) else {
+            panic!("probability or percentile missing")
+        };
+        assert!(p.values().iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(pct.values().iter().all(|v| (1..=100).contains(v)));
+        let factors = b
+            .column_by_name("factors")
+            .map(|c| c.as_list::<i32>().clone());
+        let Some(factors) = factors else {
+            panic!("factors missing")
+        };
+        for i in 0..factors.len() {
+            assert!(factors.value(i).len() <= 4);
+        }
+        let with_reasons = (0..factors.len())
+            .filter(|&i| !factors.value(i).is_empty())
+            .count();
+        assert!(
+            with_reasons * 10 > factors.len() * 9,
+            "most profiles have reasons"
+        );
+    }
+    let buckets = strings(&batches, "bucket");
+    let high = buckets.iter().filter(|b| *b == "high").count();
+    assert!(
+        (n / 5..n * 3 / 10).contains(&high),
+        "{high} of {n} high (top quarter)"
+    );
+
+    // Same job, same data, same seed, trained again: the same bytes.
+    let (_, second) = run(&job, &state, &["--train"]);
+    assert_eq!(second["model_version"], first["model_version"]);
+    let a = std::fs::read(&scores).unwrap_or_default();
+    let b = std::fs::read(output(&second, "scores")).unwrap_or_default();
+    assert!(!a.is_empty());
+    assert!(
+        a == b,
+        "re-run with the same seed wrote a different score file"
+    );
+    // A run that is not due scores with the champion: the same bytes again.
+    let (_, third) = run(&job, &state, &[]);
+    assert_eq!(third["training"]["status"], "not_due");
+    assert!(std::fs::read(output(&third, "scores")).unwrap_or_default() == a);
+
+    // The Parquet sink has the run's file and a pointer to it.
+    let sink = output(&third, "sink:files");
+    assert!(std::fs::read(&sink).unwrap_or_default() == a);
+    let pointer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dir.join("published/current.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    assert_eq!(pointer["run_id"], third["run_id"]);
+
+    // The report: an HTML page with its charts, the card and the JSON report.
+    let html = std::fs::read_to_string(output(&first, "report_html")).unwrap_or_default();
+    assert!(html.matches("<svg").count() >= 5, "charts in the report");
+    assert!(html.contains("&lt;test&gt;") && !html.contains("<test>"));
+    let card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(output(&first, "model_card")).unwrap_or_default())
+            .unwrap_or_default();
+    assert_eq!(card["model_version"], first["model_version"]);
+    for key in [
+        "auc",
+        "pr_auc",
+        "log_loss",
+        "brier",
+        "expected_calibration_error",
+    ] {
+        assert!(card["metrics"][key].is_number(), "card lacks {key}");
+    }
+    assert_eq!(
+        card["metrics"]["deciles"].as_array().map(Vec::len),
+        Some(10)
+    );
+    assert!(!card["importance"].as_array().is_none_or(Vec::is_empty));
+
+    // explain: one profile's reasons from the latest run.
+    let id = &ids[ids.len() / 2];
+    let e = cli(&[
+        "explain",
+        job.to_str().unwrap_or_default(),
+        id,
+        "--state",
+        state.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(e.code, 0, "{}", e.err);
+    assert!(
+        e.out.contains(id.as_str()) && e.out.contains("percentile"),
+        "{}",
+        e.out
+    );
+    assert!(e.out.contains("reasons"), "{}", e.out);
+    let missing = cli(&[
+        "explain",
+        job.to_str().unwrap_or_default(),
+        "no-such-profile",
+        "--state",
+        state.to_str().unwrap_or_default(),
+    ]);
+    assert_eq!(missing.code, 2);
+    assert!(
+        missing.err.contains("was not scored") && missing.err.contains("hint"),
+        "{}",
+        missing.err
+    );
+}
+
+#[test]
+fn too_few_positives_still_score_with_low_confidence_and_say_why() {
+    let dir = temp_dir("model-fallback");
+    let job = job(&dir, "min_positives = 100000\nmin_negatives = 20");
+    let (_, report) = run(&job, &dir.join("state"), &[]);
+    assert_eq!(report["confidence"], "low");
+    assert_eq!(report["training"]["status"], "fallback");
+    let warnings = report["warnings"].to_string();
+    assert!(warnings.contains("too little data to train"), "{warnings}");
+    assert!(warnings.contains("min_positives = 100000"), "{warnings}");
+    assert!(
+        report["card"]["fallback_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("positive"))
+    );
+    let batches = read(&output(&report, "scores"));
+    let n: usize = batches.iter().map(|b| b.num_rows()).sum();
+    assert!(n > 300);
+    assert!(strings(&batches, "confidence").iter().all(|c| c == "low"));
+    // The fallback still ranks: many distinct percentiles, and reasons.
+    let mut pct: Vec<i32> = batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("percentile")
+                .map(|c| c.as_primitive::<Int32Type>().values().to_vec())
+                .unwrap_or_default()
+        })
+        .collect();
+    pct.sort_unstable();
+    pct.dedup();
+    assert!(pct.len() > 50, "{} distinct percentiles", pct.len());
+    // Nothing was promoted.
+    assert!(!dir.join("state/jobs/model-test/champion.json").exists());
+}
+
+#[test]
+fn a_failing_quality_gate_leaves_the_previous_champion_scoring() {
+    let dir = temp_dir("model-gate");
+    let state = dir.join("state");
+    let good = job(
+        &dir,
+        "min_positives = 20\nmin_negatives = 20\nquality_gate = { min_auc = 0.55 }",
+    );
+    let (_, first) = run(&good, &state, &[]);
+    assert_eq!(first["training"]["status"], "trained_promoted");
+    let champion = first["model_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    // The same job with a gate no model passes, retrained.
+    let strict = job(
+        &dir,
+        "min_positives = 20\nmin_negatives = 20\nquality_gate = { min_auc = 0.99 }",
+    );
+    let (_, second) = run(&strict, &state, &["--train"]);
+    assert_eq!(second["training"]["status"], "trained_rejected", "{second}");
+    let warnings = second["warnings"].to_string();
+    assert!(warnings.contains("quality gate failed"), "{warnings}");
+    assert!(
+        warnings.contains(&format!("the previous champion {champion} keeps scoring")),
+        "{warnings}"
+    );
+    let rejected = second["rejected_card"]["model_version"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!rejected.is_empty() && rejected != champion);
+    assert_eq!(second["rejected_card"]["quality"]["passed"], false);
+    // The champion scored, with normal confidence, and is still the champion.
+    assert_eq!(second["model_version"], champion.as_str());
+    assert_eq!(second["confidence"], "normal");
+    let batches = read(&output(&second, "scores"));
+    assert!(
+        strings(&batches, "model_version")
+            .iter()
+            .all(|v| *v == champion)
+    );
+    let pointer: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(state.join("jobs/model-test/champion.json")).unwrap_or_default(),
+    )
+    .unwrap_or_default();
+    assert_eq!(pointer["version"], champion.as_str());
+    // The rejected model is kept for inspection.
+    assert!(
+        state
+            .join(format!("jobs/model-test/models/{rejected}/card.json"))
+            .exists()
+    );
+}
+
+#[test]
+fn logistic_and_svm_jobs_train_and_explain() {
+    for algorithm in ["logistic", "svm"] {
+        let dir = temp_dir(&format!("model-{algorithm}"));
+        let job = job(
+            &dir,
+            &format!(
+                "algorithm = \"{algorithm}\"\nmin_positives = 20\nmin_negatives = 20\nquality_gate = {{ min_auc = 0.5 }}"
+            ),
+        );
+        let (_, report) = run(&job, &dir.join("state"), &[]);
+        assert_eq!(report["algorithm"], algorithm);
+        assert_eq!(report["training"]["status"], "trained_promoted", "{report}");
+        let auc = report["card"]["metrics"]["auc"].as_f64().unwrap_or(0.0);
+        assert!(auc > 0.6, "{algorithm} AUC {auc}");
+        let batches = read(&output(&report, "scores"));
+        let with_reasons: usize = batches
+            .iter()
+            .map(|b| {
+                let f = b
+                    .column_by_name("factors")
+                    .map(|c| c.as_list::<i32>().clone());
+                f.map_or(0, |f| {
+                    (0..f.len()).filter(|&i| !f.value(i).is_empty()).count()
+                })
+            })
+            .sum();
+        assert!(
+            with_reasons > 300,
+            "{algorithm}: {with_reasons} rows with reasons"
+        );
+    }
+}
+
+#[test]
+fn the_parquet_sink_publishes_to_an_s3_url() {
+    use object_store::ObjectStoreExt;
+    let dir = temp_dir("model-s3");
+    let rt = crate::support::runtime();
+    let s3 = rt.block_on(crate::support::start_s3("model-s3-store"));
+    std::fs::create_dir_all(s3.root.join("scores")).unwrap_or_else(|e| panic!("bucket: {e}"));
+    let text = std::fs::read_to_string(job(&dir, "min_positives = 20\nmin_negatives = 20"))
+        .unwrap_or_default()
+        .replace(
+            "uri = \"published/\"",
+            "uri = \"s3://scores/propensity/model-test/\"\n\
+             storage = { endpoint = \"${E}\", region = \"us-east-1\", access_key_id = \"${K}\", \
+             secret_access_key = \"${S}\", allow_http = true }",
+        );
+    let job = propensity_config::load_str(&text, "job.toml").unwrap_or_else(|d| {
+        panic!(
+            "{}",
+            d.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    });
+    let env: std::collections::HashMap<&str, String> = [
+        ("E", s3.endpoint.clone()),
+        ("K", s3.key.clone()),
+        ("S", s3.secret.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let mut opts = propensity_runtime::RunOptions::new(
+        chrono::DateTime::parse_from_rfc3339(AS_OF)
+            .map(|t| t.to_utc())
+            .unwrap_or_default(),
+        false,
+        dir.join("state"),
+    );
+    opts.env = std::sync::Arc::new(move |k| env.get(k).cloned());
+    let s = propensity_runtime::run(&job, &dir, &opts, &propensity_runtime::Quiet)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let local = std::fs::read(&s.scores_path).unwrap_or_default();
+    // Read back through the S3 API: the pointer, then the file it names.
+    let store = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("scores")
+        .with_region("us-east-1")
+        .with_endpoint(&s3.endpoint)
+        .with_access_key_id(&s3.key)
+        .with_secret_access_key(&s3.secret)
+        .with_allow_http(true)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (pointer, published) = rt.block_on(async {
+        let p = store
+            .get(&"propensity/model-test/current.json".into())
+            .await
+            .unwrap_or_else(|e| panic!("pointer: {e}"))
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let p: serde_json::Value = serde_json::from_slice(&p).unwrap_or_default();
+        let file = p["files"][0].as_str().unwrap_or_default().to_owned();
+        let b = store
+            .get(&format!("propensity/model-test/{file}").into())
+            .await
+            .unwrap_or_else(|e| panic!("scores: {e}"))
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (p, b)
+    });
+    assert_eq!(pointer["run_id"], s.report.run_id.as_str());
+    assert_eq!(pointer["rows"].as_u64(), Some(s.report.scored as u64));
+    assert!(
+        published.as_ref() == local.as_slice(),
+        "the S3 object differs from the run's file"
+    );
+}
