@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help demo build test lint fmt schema golden bench bench-models
+.PHONY: help demo build test lint fmt schema golden bench bench-models bench-candidates
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ golden: ## Rewrite golden files (tests/data/bad/*.expected, the schema) after a 
 bench-models: ## GBDT / logistic / SVM against LightGBM on the same features (needs `pip install lightgbm numpy pyarrow scikit-learn`); see bench/README.md
 	$(CARGO) build --locked -p propensity-cli
 	python3 bench/models.py
+
+bench-candidates: ## forust-ml and perpetual on the arrays `make bench-models` wrote (run it first); see bench/README.md
+	cd bench/candidates && $(CARGO) run --release --locked -- ../data-models/arrays
 
 bench: ## Feature benchmark against DuckDB (release build; needs `pip install duckdb`); see bench/README.md
 	$(CARGO) build --locked --release -p propensity-cli

@@ -181,7 +181,8 @@ pub fn features(
     Ok(0)
 }
 
-fn n(v: u64) -> String {
+/// `1234567` → `1,234,567`.
+pub(crate) fn n(v: u64) -> String {
     let s = v.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

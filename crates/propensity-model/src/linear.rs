@@ -120,12 +120,18 @@ impl Linear {
         a
     }
 
-    /// Logistic regression with an L2 penalty.
-    pub fn fit_logistic(x: Matrix<'_>, y: &[u8], seed: u64) -> Result<Self, String> {
-        let rows = sample_indices(x.rows, LOGISTIC_SAMPLE, seed);
+    /// An unfitted model prepared on a sample of at most `sample` rows, the sample, and its
+    /// design matrix.
+    fn setup(
+        kind: &str,
+        x: Matrix<'_>,
+        sample: usize,
+        seed: u64,
+    ) -> (Self, Vec<usize>, Array2<f64>) {
+        let rows = sample_indices(x.rows, sample, seed);
         let (impute, center, scale) = Self::prepare(x, &rows);
-        let mut m = Linear {
-            kind: "logistic".into(),
+        let m = Linear {
+            kind: kind.into(),
             impute,
             center,
             scale,
@@ -134,6 +140,12 @@ impl Linear {
             fitted_rows: rows.len(),
         };
         let design = Self::design(x, &rows, &m);
+        (m, rows, design)
+    }
+
+    /// Logistic regression with an L2 penalty.
+    pub fn fit_logistic(x: Matrix<'_>, y: &[u8], seed: u64) -> Result<Self, String> {
+        let (mut m, rows, design) = Self::setup("logistic", x, LOGISTIC_SAMPLE, seed);
         let targets: Array1<bool> = rows.iter().map(|&i| y[i] == 1).collect();
         let data = Dataset::new(design, targets);
         let fitted = LogisticRegression::default()
@@ -153,18 +165,7 @@ impl Linear {
     /// A linear-kernel C-SVM on a sample, with the positive class weighted up to the
     /// negatives' count (at most 10×).
     pub fn fit_svm(x: Matrix<'_>, y: &[u8], seed: u64) -> Result<Self, String> {
-        let rows = sample_indices(x.rows, SVM_SAMPLE, seed);
-        let (impute, center, scale) = Self::prepare(x, &rows);
-        let mut m = Linear {
-            kind: "svm".into(),
-            impute,
-            center,
-            scale,
-            coef: vec![0.0; x.width],
-            intercept: 0.0,
-            fitted_rows: rows.len(),
-        };
-        let design = Self::design(x, &rows, &m);
+        let (mut m, rows, design) = Self::setup("svm", x, SVM_SAMPLE, seed);
         let pos = rows.iter().filter(|&&i| y[i] == 1).count().max(1);
         let neg = rows.len().saturating_sub(pos).max(1);
         let w_pos = (neg as f64 / pos as f64).clamp(1.0, 10.0);

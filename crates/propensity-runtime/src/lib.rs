@@ -310,6 +310,22 @@ fn split(d: &propensity_engine::dataset::Dataset, seed: u64) -> Split {
     s
 }
 
+fn train_data<'a>(
+    sp: &'a Split,
+    names: &'a [String],
+    labels: &'a [String],
+) -> pipeline::TrainData<'a> {
+    let width = names.len();
+    pipeline::TrainData {
+        names,
+        labels,
+        train: Matrix::new(&sp.train_x, width),
+        train_y: &sp.train_y,
+        valid: Matrix::new(&sp.valid_x, width),
+        valid_y: &sp.valid_y,
+    }
+}
+
 fn hash64(mut z: u64) -> u64 {
     z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -463,15 +479,7 @@ pub fn run(
             (settings.algorithm == Algorithm::Gbdt).then_some(total),
         );
         let sp = split(&dataset, settings.seed);
-        let width = names.len();
-        let data = pipeline::TrainData {
-            names: &names,
-            labels: &labels,
-            train: Matrix::new(&sp.train_x, width),
-            train_y: &sp.train_y,
-            valid: Matrix::new(&sp.valid_x, width),
-            valid_y: &sp.valid_y,
-        };
+        let data = train_data(&sp, &names, &labels);
         let out = pipeline::train(&data, &settings, &|done, _| progress.advance(done as u64))
             .map_err(|e| RunError::user(format!("training failed: {e}")))?;
         let fp = fingerprint(&dataset, &names);
@@ -644,18 +652,10 @@ pub fn run(
         (None, None) => {
             // The gate failed and there is no champion: rank with the fallback.
             let sp = split(&dataset, settings.seed);
-            let width = names.len();
             let mut s = settings.clone();
             s.min_positives = usize::MAX;
-            let data = pipeline::TrainData {
-                names: &names,
-                labels: &labels,
-                train: Matrix::new(&sp.train_x, width),
-                train_y: &sp.train_y,
-                valid: Matrix::new(&sp.valid_x, width),
-                valid_y: &sp.valid_y,
-            };
-            let out = pipeline::train(&data, &s, &|_, _| {}).map_err(RunError::internal)?;
+            let out = pipeline::train(&train_data(&sp, &names, &labels), &s, &|_, _| {})
+                .map_err(RunError::internal)?;
             let mut card = rejected
                 .clone()
                 .ok_or_else(|| RunError::internal("no model to score with"))?;
