@@ -183,9 +183,54 @@ fn leaf_phi(zero: &[f64], one: &[f64], value: f64, path: &mut Vec<PathElem>, out
     }
 }
 
+/// Table entries (f64) an explainer may hold in all: 256 MiB. Deep, wide ensembles (the job
+/// allows depth 16 and 4,096 leaves) get smaller tables and compute the rest per row.
+pub const TABLE_BUDGET: usize = 32 << 20;
+
+/// Distinct features on the path of every leaf of a tree (a leaf's table has `2^k · k`
+/// entries).
+fn leaf_ks(t: &Tree) -> Vec<usize> {
+    fn walk(t: &Tree, child: i32, path: &mut Vec<u32>, out: &mut Vec<usize>) {
+        if child < 0 {
+            let mut f = path.clone();
+            f.sort_unstable();
+            f.dedup();
+            out.push(f.len());
+            return;
+        }
+        let n = &t.nodes[child as usize];
+        path.push(n.feature);
+        walk(t, n.left, path, out);
+        walk(t, n.right, path, out);
+        path.pop();
+    }
+    let mut out = Vec::new();
+    if !t.nodes.is_empty() {
+        walk(t, 0, &mut Vec::new(), &mut out);
+    }
+    out
+}
+
+/// The most table bits whose tables fit in `budget` entries.
+pub fn table_bits(model: &Gbdt, budget: usize) -> usize {
+    let ks: Vec<usize> = model.trees.iter().flat_map(leaf_ks).collect();
+    (0..=MAX_TABLE_BITS)
+        .rev()
+        .find(|&bits| {
+            let total: usize = ks
+                .iter()
+                .filter(|&&k| k <= bits)
+                .map(|&k| (1usize << k) * k)
+                .sum();
+            total <= budget
+        })
+        .unwrap_or(0)
+}
+
 impl Explainer {
+    /// Tables for as many leaves as [`TABLE_BUDGET`] allows.
     pub fn new(model: &Gbdt) -> Self {
-        Self::with_table_bits(model, MAX_TABLE_BITS)
+        Self::with_table_bits(model, table_bits(model, TABLE_BUDGET))
     }
 
     /// As [`Explainer::new`], with tables only for leaves of at most `bits` distinct path
@@ -490,6 +535,25 @@ mod tests {
                 assert_eq!(a[j], batch[i * w + j]);
             }
         }
+    }
+
+    #[test]
+    fn table_memory_is_bounded() {
+        let (x, y, w) = crate::gbdt::tests::synthetic(3000, 13);
+        let p = GbdtParams {
+            num_trees: 10,
+            max_depth: 4,
+            ..GbdtParams::default()
+        };
+        let (model, _) = train(Matrix::new(&x, w), &y, None, &p, &|_, _| {});
+        assert_eq!(table_bits(&model, TABLE_BUDGET), MAX_TABLE_BITS);
+        // 10 trees of up to 16 leaves at depth <= 4: 64 entries per leaf at most.
+        assert!(table_bits(&model, 100) < 4);
+        // No budget: no tables at all (every leaf computed per row).
+        let none = Explainer::with_table_bits(&model, table_bits(&model, 0));
+        assert!(none.trees.iter().all(|t| t.table.is_empty()));
+        let sized = Explainer::with_table_bits(&model, table_bits(&model, 500));
+        assert!(sized.trees.iter().map(|t| t.table.len()).sum::<usize>() <= 500);
     }
 
     #[test]
