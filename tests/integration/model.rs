@@ -490,3 +490,41 @@ fn the_parquet_sink_publishes_to_an_s3_url() {
         "the S3 object differs from the run's file"
     );
 }
+
+/// `make demo` runs `propensity demo`: generate, write the embedded job next to the data
+/// (paths rewritten), train and score, print the summary and the report path.
+#[test]
+fn demo_generates_runs_and_points_at_its_report() {
+    let dir = temp_dir("model-demo");
+    let demo = dir.join("demo");
+    let c = cli(&[
+        "demo",
+        "--dir",
+        demo.to_str().unwrap_or_default(),
+        "--profiles",
+        "2000",
+    ]);
+    assert_eq!(c.code, 0, "{}\n{}", c.out, c.err);
+    for line in ["wrote ", "scored ", "buckets ", "top factors", "report "] {
+        assert!(c.out.contains(line), "summary lacks `{line}`:\n{}", c.out);
+    }
+    let report = c
+        .out
+        .lines()
+        .find_map(|l| l.strip_prefix("report"))
+        .map(|p| PathBuf::from(p.trim()))
+        .unwrap_or_default();
+    let html =
+        std::fs::read_to_string(&report).unwrap_or_else(|e| panic!("{}: {e}", report.display()));
+    assert!(html.matches("<svg").count() >= 5);
+    // The job written next to the data reads it from there, and its sink published.
+    let job =
+        std::fs::read_to_string(demo.join("conversion-purchase-30d.toml")).unwrap_or_default();
+    let uris: Vec<&str> = job.lines().filter(|l| l.starts_with("uri = ")).collect();
+    assert_eq!(uris.len(), 3, "{uris:?}");
+    assert!(uris.iter().all(|u| u.starts_with("uri = \"./")), "{uris:?}");
+    assert!(
+        demo.join("scores/conversion-purchase-30d/current.json")
+            .exists()
+    );
+}

@@ -97,7 +97,7 @@ pub fn dry_run(
     let report = &loaded.report;
     if let Some(p) = report_path {
         let text = serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
-        write_atomic(p, text.as_bytes())
+        propensity_runtime::registry::write_file_atomic(p, text.as_bytes())
             .map_err(|e| io_error(anyhow::anyhow!("cannot write `{}`: {e}", p.display())))?;
     }
     let w = |r: std::io::Result<()>| {
@@ -361,18 +361,6 @@ fn write_text(
         if r.passed { "passed" } else { "FAILED" }
     )?;
     Ok(())
-}
-
-/// Writes next to the target, then renames: a reader never sees half a file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
 }
 
 pub fn generate(a: &crate::GenerateArgs, out: &mut dyn Write) -> Result<i32, CliError> {

@@ -122,14 +122,8 @@ pub enum Command {
         /// Train a new model even if the champion was trained on this configuration.
         #[arg(long)]
         train: bool,
-        /// State directory: model registry and run records.
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "PROPENSITY_STATE",
-            default_value = ".propensity"
-        )]
-        state: PathBuf,
+        #[command(flatten)]
+        state: StateDir,
         /// Output format of the summary.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
@@ -142,14 +136,8 @@ pub enum Command {
         /// The profile id, as in the events' profile id column.
         #[arg(value_name = "PROFILE_ID")]
         profile_id: String,
-        /// State directory the run wrote to.
-        #[arg(
-            long,
-            value_name = "DIR",
-            env = "PROPENSITY_STATE",
-            default_value = ".propensity"
-        )]
-        state: PathBuf,
+        #[command(flatten)]
+        state: StateDir,
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
@@ -170,6 +158,19 @@ pub enum Command {
     /// Write sample data: e-commerce events and profiles with a hidden propensity that drives
     /// future behaviour, deterministic for a seed (for the demo, tests and benchmarks).
     Generate(GenerateArgs),
+}
+
+/// `--state DIR`: where the model registry and run records live.
+#[derive(Debug, clap::Args)]
+pub struct StateDir {
+    /// State directory: model registry and run records.
+    #[arg(
+        long = "state",
+        value_name = "DIR",
+        env = "PROPENSITY_STATE",
+        default_value = ".propensity"
+    )]
+    pub path: PathBuf,
 }
 
 /// Arguments of `propensity generate`.
@@ -250,13 +251,13 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             train,
             state,
             format,
-        } => model::run(&job, as_of, train, &state, format, out, err),
+        } => model::run(&job, as_of, train, &state.path, format, out, err),
         Command::Explain {
             job,
             profile_id,
             state,
             format,
-        } => model::explain(&job, &profile_id, &state, format, out, err),
+        } => model::explain(&job, &profile_id, &state.path, format, out, err),
         Command::Demo {
             dir,
             profiles,

@@ -288,12 +288,14 @@ pub fn demo(
     // The job reads `../data/demo/…` from `jobs/`; next to the data it reads `./…`.
     let job_text = DEMO_JOB.replace("../data/demo/", "./");
     let job_path = dir.join("conversion-purchase-30d.toml");
-    crate::data::write_atomic(&job_path, job_text.as_bytes()).map_err(|e| {
-        io_error(anyhow::anyhow!(
-            "cannot write `{}`: {e}",
-            job_path.display()
-        ))
-    })?;
+    propensity_runtime::registry::write_file_atomic(&job_path, job_text.as_bytes()).map_err(
+        |e| {
+            io_error(anyhow::anyhow!(
+                "cannot write `{}`: {e}",
+                job_path.display()
+            ))
+        },
+    )?;
     let state: PathBuf = state.map_or_else(|| dir.join("state"), Path::to_path_buf);
     let _ = writeln!(
         out,

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::sigmoid;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "method", rename_all = "snake_case")]
 pub enum Calibrator {
@@ -27,10 +29,6 @@ pub struct Block {
 fn logit(s: f64) -> f64 {
     let s = s.clamp(1e-12, 1.0 - 1e-12);
     (s / (1.0 - s)).ln()
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl Calibrator {

@@ -6,7 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Matrix;
+use crate::{Matrix, sigmoid};
 
 /// One component: `sign · ln(1 + max(x, 0))`, missing = `missing`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -134,10 +134,6 @@ impl Fallback {
         }
         s
     }
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 #[cfg(test)]

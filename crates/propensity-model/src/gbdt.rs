@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Matrix;
+use crate::{Matrix, sigmoid};
 
 /// Training settings. The defaults match the job file's `[model.gbdt]` defaults.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -670,10 +670,6 @@ impl Grower<'_> {
     }
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// Weighted log loss of margins.
 fn log_loss(margins: &[f64], y: &[u8], pos_weight: f64) -> f64 {
     let (mut sum, mut wsum) = (0.0, 0.0);
@@ -704,7 +700,7 @@ pub fn train(
     let n = x.rows;
     let t0 = std::time::Instant::now();
     let bins = Bins::fit(x, p.max_bins, nthreads);
-    let codes = bins.apply(x, nthreads);
+    let mut codes = bins.apply(x, nthreads);
     let binning_seconds = t0.elapsed().as_secs_f64();
     let t1 = std::time::Instant::now();
 
@@ -727,15 +723,16 @@ pub fn train(
         })
         .collect();
     let ngroups = active.len().div_ceil(4);
-    // The active features' columns in slot order, padded with zero columns to a multiple of 4.
-    let mut cols: Vec<u8> = Vec::with_capacity(ngroups * 4 * n);
-    for slot in 0..ngroups * 4 {
-        match active.get(slot) {
-            Some(&f) => cols.extend_from_slice(&codes[f * n..(f + 1) * n]),
-            None => cols.resize(cols.len() + n, 0),
+    // The active features' columns in slot order, padded with zero columns to a multiple of
+    // 4. Compacted in place: slot `k` is at or before feature `active[k]`.
+    for (slot, &f) in active.iter().enumerate() {
+        if slot != f {
+            codes.copy_within(f * n..(f + 1) * n, slot * n);
         }
     }
-    drop(codes);
+    codes.truncate(active.len() * n);
+    codes.resize(ngroups * 4 * n, 0);
+    let cols = codes;
     let used: Vec<usize> = (0..ngroups * 4)
         .map(|slot| active.get(slot).map_or(1, |&f| nbins[f] + 1))
         .collect();

@@ -30,6 +30,21 @@ pub mod metrics;
 pub mod pipeline;
 pub mod shap;
 
+/// The logistic function: log-odds to probability.
+#[inline]
+pub fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// splitmix64: a well-mixed 64-bit hash of a seed, for deterministic sampling and splits.
+#[inline]
+pub fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// A row-major matrix view: `rows × width` values, NaN where a value is missing.
 #[derive(Debug, Clone, Copy)]
 pub struct Matrix<'a> {

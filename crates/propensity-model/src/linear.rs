@@ -16,7 +16,7 @@ use linfa_svm::Svm;
 use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
-use crate::Matrix;
+use crate::{Matrix, mix};
 
 /// Rows the SVM is trained on at most.
 pub const SVM_SAMPLE: usize = 3000;
@@ -51,14 +51,6 @@ pub fn sample_indices(n: usize, k: usize, seed: u64) -> Vec<usize> {
     let mut out: Vec<usize> = keyed[..k].iter().map(|(_, i)| *i).collect();
     out.sort_unstable();
     out
-}
-
-/// splitmix64.
-pub(crate) fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 impl Linear {

@@ -12,7 +12,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::Matrix;
 use crate::calibrate::Calibrator;
 use crate::card::{BucketFactors, FactorSummary, Importance, Metrics};
 use crate::fallback::Fallback;
@@ -20,6 +19,7 @@ use crate::gbdt::{self, Gbdt, GbdtParams, par_ranges};
 use crate::linear::{Linear, sample_indices};
 use crate::metrics;
 use crate::shap::{self, Explainer};
+use crate::{Matrix, sigmoid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -83,10 +83,6 @@ pub struct Scorer {
 #[derive(Debug, Default, Clone)]
 pub struct Scratch {
     shap: shap::Scratch,
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 impl Scorer {
@@ -704,6 +700,23 @@ mod tests {
         }
     }
 
+    fn train_data<'a>(
+        names: &'a [String],
+        labels: &'a [String],
+        (x, y): (&'a [f32], &'a [u8]),
+        (vx, vy): (&'a [f32], &'a [u8]),
+        width: usize,
+    ) -> TrainData<'a> {
+        TrainData {
+            names,
+            labels,
+            train: Matrix::new(x, width),
+            train_y: y,
+            valid: Matrix::new(vx, width),
+            valid_y: vy,
+        }
+    }
+
     fn names() -> (Vec<String>, Vec<String>) {
         let names: Vec<String> = ["a", "b", "c", "d", "e"]
             .iter()
@@ -718,14 +731,7 @@ mod tests {
         let (x, y, w) = crate::gbdt::tests::synthetic(8000, 21);
         let (vx, vy, _) = crate::gbdt::tests::synthetic(4000, 22);
         let (names, labels) = names();
-        let data = TrainData {
-            names: &names,
-            labels: &labels,
-            train: Matrix::new(&x, w),
-            train_y: &y,
-            valid: Matrix::new(&vx, w),
-            valid_y: &vy,
-        };
+        let data = train_data(&names, &labels, (&x, &y), (&vx, &vy), w);
         let mut aucs = Vec::new();
         for alg in [Algorithm::Gbdt, Algorithm::Logistic, Algorithm::Svm] {
             let out = train(&data, &settings(alg), &|_, _| {}).expect("train");
@@ -774,14 +780,7 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let labels = names.clone();
-        let data = TrainData {
-            names: &names,
-            labels: &labels,
-            train: Matrix::new(&x, w),
-            train_y: &y,
-            valid: Matrix::new(&vx, w),
-            valid_y: &vy,
-        };
+        let data = train_data(&names, &labels, (&x, &y), (&vx, &vy), w);
         let out = train(&data, &settings(Algorithm::Gbdt), &|_, _| {}).expect("train");
         assert!(out.scorer.model.is_fallback());
         let reason = out.fallback_reason.expect("reason");

@@ -12,7 +12,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use propensity_core::{Domain, Goal, Job, SinkKind};
 use propensity_engine::source::EnvLookup;
-use propensity_engine::{Engine, EngineError, EngineOptions};
+use propensity_engine::{Engine, EngineError, EngineOptions, rfc3339};
 use propensity_model::Matrix;
 use propensity_model::calibrate::Calibrator;
 use propensity_model::card::{ClassCounts, CutoffSummary, ModelCard, Quality};
@@ -150,12 +150,6 @@ pub struct RunSummary {
     pub report_path: PathBuf,
 }
 
-pub(crate) fn rfc3339(us: i64) -> String {
-    DateTime::from_timestamp_micros(us)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| us.to_string())
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
@@ -284,7 +278,8 @@ fn split(d: &propensity_engine::dataset::Dataset, seed: u64) -> Split {
         [only] => {
             let w = only.width;
             for i in 0..only.rows.len() {
-                let to_valid = hash64(seed ^ u64::from(only.rows[i])).is_multiple_of(5);
+                let to_valid =
+                    propensity_model::mix(seed ^ u64::from(only.rows[i])).is_multiple_of(5);
                 let (x, y) = if to_valid {
                     (&mut s.valid_x, &mut s.valid_y)
                 } else {
@@ -324,13 +319,6 @@ fn train_data<'a>(
         valid: Matrix::new(&sp.valid_x, width),
         valid_y: &sp.valid_y,
     }
-}
-
-fn hash64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn counts(y: &[u8]) -> ClassCounts {
@@ -469,6 +457,8 @@ pub fn run(
     let mut rejected: Option<ModelCard> = None;
     let mut scoring_model: Option<StoredModel> = None;
     let mut fallback_model: Option<StoredModel> = None;
+    // The training split, kept when training ran (the fallback after a failed gate reuses it).
+    let mut trained_split: Option<Split> = None;
     let training: TrainingOutcome;
     if due {
         let total = settings.gbdt.num_trees as u64;
@@ -570,6 +560,7 @@ pub fn run(
             None => format!("{algorithm} {version}: not validated"),
         };
         stage.end(&summary);
+        trained_split = Some(sp);
         if fallback {
             let why = stored.card.fallback_reason.clone().unwrap_or_default();
             if let Some(c) = &champion {
@@ -651,7 +642,9 @@ pub fn run(
         (None, Some(f)) => f,
         (None, None) => {
             // The gate failed and there is no champion: rank with the fallback.
-            let sp = split(&dataset, settings.seed);
+            let sp = trained_split
+                .take()
+                .unwrap_or_else(|| split(&dataset, settings.seed));
             let mut s = settings.clone();
             s.min_positives = usize::MAX;
             let out = pipeline::train(&train_data(&sp, &names, &labels), &s, &|_, _| {})

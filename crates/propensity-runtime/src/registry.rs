@@ -59,18 +59,27 @@ fn io(path: &Path, e: std::io::Error) -> RunError {
     RunError::external(format!("state directory: {}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+/// Writes `bytes` to `path` through a temporary file in the same directory (named after the
+/// process, so two writers never share one) and a rename: a reader sees the old file or the
+/// new one, never half of one.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension(format!(
         "{}.tmp-{}",
         path.extension().and_then(|e| e.to_str()).unwrap_or(""),
         std::process::id()
     ));
-    std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// [`write_file_atomic`] for the state directory, with its error.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
+    write_file_atomic(path, bytes).map_err(|e| io(path, e))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, RunError> {

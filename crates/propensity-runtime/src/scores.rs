@@ -262,7 +262,7 @@ pub fn find(path: &std::path::Path, profile_id: &str) -> Result<Option<ProfileSc
         return Ok(Some(ProfileScore {
             profile_id: profile_id.to_owned(),
             job: s("job")?,
-            as_of: crate::rfc3339(as_of),
+            as_of: propensity_engine::rfc3339(as_of),
             model_version: s("model_version")?,
             probability: col("probability")?
                 .as_primitive_opt::<Float64Type>()
