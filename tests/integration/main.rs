@@ -3,4 +3,5 @@
 mod data;
 mod job_files;
 mod model;
+mod sinks;
 mod support;

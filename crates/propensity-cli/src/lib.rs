@@ -111,7 +111,8 @@ pub enum Command {
     /// report. Progress goes to stderr, the summary to stdout.
     ///
     /// Exit status: 0 on success (also when a fallback model or the previous champion
-    /// scored: the summary says so), 2 for a bad job or data, 3 when a store fails.
+    /// scored: the summary says so), 2 for a bad job or data, 3 when a store or any sink
+    /// fails (the other sinks still publish; the summary names the failed ones).
     Run {
         /// The job file.
         #[arg(value_name = "JOB")]
@@ -127,6 +128,37 @@ pub enum Command {
         /// Output format of the summary.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+    },
+    /// Erase profiles: remove them from the current publication of every sink of every job
+    /// that has run on this state directory (and of `--job` files), from the run files kept
+    /// in the state directory, and add them to the suppression list every later run honours.
+    ///
+    /// Exit status: 0 when every sink was reached, 3 when a sink failed (the profiles are
+    /// suppressed either way; run `forget` again to retry the sinks).
+    Forget {
+        /// Profile ids, as in the events' profile id column.
+        #[arg(required = true, value_name = "PROFILE_ID")]
+        profile_ids: Vec<String>,
+        /// Also erase from this job's sinks (repeatable); jobs that ran on the state
+        /// directory are found without it.
+        #[arg(long = "job", value_name = "JOB")]
+        jobs: Vec<PathBuf>,
+        #[command(flatten)]
+        state: StateDir,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Send the batches a job's webhook sinks could not deliver (kept in the state
+    /// directory's outbox) again, with the same idempotency keys.
+    ///
+    /// Exit status: 0 when the outbox is empty afterwards, 3 when batches remain.
+    Replay {
+        /// The job file.
+        #[arg(value_name = "JOB")]
+        job: PathBuf,
+        #[command(flatten)]
+        state: StateDir,
     },
     /// One profile's score and reasons from the job's latest run.
     Explain {
@@ -258,6 +290,13 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             state,
             format,
         } => model::explain(&job, &profile_id, &state.path, format, out, err),
+        Command::Forget {
+            profile_ids,
+            jobs,
+            state,
+            format,
+        } => model::forget(&profile_ids, &jobs, &state.path, format, out),
+        Command::Replay { job, state } => model::replay(&job, &state.path, out, err),
         Command::Demo {
             dir,
             profiles,

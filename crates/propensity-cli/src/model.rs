@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
+use propensity_core::Domain;
 use propensity_runtime::report::RunReport;
 use propensity_runtime::{Progress, RunError, RunOptions};
 
@@ -160,8 +161,41 @@ pub fn write_summary(
     if let Some(o) = r.outputs.iter().find(|o| o.kind == "scores") {
         writeln!(out, "scores      {}", o.location)?;
     }
-    for o in r.outputs.iter().filter(|o| o.kind.starts_with("sink:")) {
-        writeln!(out, "published   {} → {}", &o.kind[5..], o.location)?;
+    if !r.segments.is_empty() {
+        let s: Vec<String> = r
+            .segments
+            .iter()
+            .map(|s| {
+                if s.holdout > 0 {
+                    format!(
+                        "{} {} (+{} held out)",
+                        s.name,
+                        thousands(s.profiles),
+                        thousands(s.holdout)
+                    )
+                } else {
+                    format!("{} {}", s.name, thousands(s.profiles))
+                }
+            })
+            .collect();
+        writeln!(out, "segments    {}", s.join(" · "))?;
+    }
+    for p in &r.publications {
+        match p.status.as_str() {
+            "failed" => writeln!(out, "FAILED      {} ({}): {}", p.sink, p.kind, p.message)?,
+            "unchanged" => writeln!(
+                out,
+                "unchanged   {} → {} (already current)",
+                p.sink, p.location
+            )?,
+            _ => writeln!(
+                out,
+                "published   {} → {} ({} rows)",
+                p.sink,
+                p.location,
+                thousands(p.rows)
+            )?,
+        }
     }
     writeln!(out, "report      {}", report_path.display())
 }
@@ -176,7 +210,8 @@ pub fn run(
     err: &mut dyn Write,
 ) -> Result<i32, CliError> {
     let (job, dir) = load_job(job_path, err)?;
-    let opts = RunOptions::new(as_of.unwrap_or_else(Utc::now), train, state.to_path_buf());
+    let mut opts = RunOptions::new(as_of.unwrap_or_else(Utc::now), train, state.to_path_buf());
+    opts.job_file = Some(job_path.to_path_buf());
     let progress = StageProgress::new();
     let s = propensity_runtime::run(&job, &dir, &opts, &progress).map_err(run_error)?;
     let w = match format {
@@ -188,7 +223,107 @@ pub fn run(
         ),
     };
     w.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?;
-    Ok(0)
+    if s.failed_sinks.is_empty() {
+        Ok(0)
+    } else {
+        let _ = writeln!(
+            err,
+            "error: {} of {} sinks failed (the scores and the report are written; the other sinks published):\n  - {}",
+            s.failed_sinks.len(),
+            s.report.publications.len(),
+            s.failed_sinks.join("\n  - ")
+        );
+        Ok(Domain::External.exit_code())
+    }
+}
+
+pub fn forget(
+    profile_ids: &[String],
+    jobs: &[PathBuf],
+    state: &Path,
+    format: OutputFormat,
+    out: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let env: propensity_engine::EnvLookup = std::sync::Arc::new(|k| std::env::var(k).ok());
+    let r =
+        propensity_runtime::erasure::forget(state, jobs, profile_ids, &env).map_err(run_error)?;
+    let w = match format {
+        OutputFormat::Json => writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&r).unwrap_or_default()
+        ),
+        OutputFormat::Text => (|| {
+            writeln!(
+                out,
+                "{} profile(s) suppressed for every later run ({} new) · {}",
+                r.profiles,
+                r.newly_suppressed,
+                state.join("suppressed.jsonl").display()
+            )?;
+            for j in &r.jobs {
+                writeln!(
+                    out,
+                    "job {} ({}): {} run file(s) rewritten",
+                    j.job, j.job_file, j.state_files_rewritten
+                )?;
+                for s in &j.sinks {
+                    if s.status == "failed" {
+                        writeln!(out, "  {:<16} {:<8} FAILED: {}", s.sink, s.kind, s.message)?;
+                    } else {
+                        writeln!(
+                            out,
+                            "  {:<16} {:<8} {} row(s) removed",
+                            s.sink, s.kind, s.removed
+                        )?;
+                    }
+                }
+            }
+            for s in &r.skipped {
+                writeln!(out, "skipped     {s}")?;
+            }
+            Ok(())
+        })(),
+    };
+    w.map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?;
+    Ok(if r.failed() {
+        Domain::External.exit_code()
+    } else {
+        0
+    })
+}
+
+pub fn replay(
+    job_path: &Path,
+    state: &Path,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<i32, CliError> {
+    let (job, dir) = load_job(job_path, err)?;
+    let env: propensity_engine::EnvLookup = std::sync::Arc::new(|k| std::env::var(k).ok());
+    let r = propensity_runtime::erasure::replay(&job, &dir, state, &env).map_err(run_error)?;
+    let mut left = 0;
+    for s in &r {
+        left += s.kept;
+        writeln!(
+            out,
+            "{}: {} batch(es) delivered, {} still kept{}",
+            s.sink,
+            s.delivered,
+            s.kept,
+            if s.message.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", s.message)
+            }
+        )
+        .map_err(|e| io_error(anyhow::anyhow!("cannot write output: {e}")))?;
+    }
+    Ok(if left == 0 {
+        0
+    } else {
+        Domain::External.exit_code()
+    })
 }
 
 pub fn explain(
@@ -223,6 +358,20 @@ pub fn explain(
                 p.bucket,
                 p.confidence
             )?;
+            if !p.segments.is_empty() {
+                let held: Vec<String> = p
+                    .segments
+                    .iter()
+                    .map(|s| {
+                        if p.holdout.contains(s) {
+                            format!("{s} (held out)")
+                        } else {
+                            s.clone()
+                        }
+                    })
+                    .collect();
+                writeln!(out, "segments {}", held.join(", "))?;
+            }
             if p.factors.is_empty() {
                 writeln!(out, "no factor moved this profile's score")?;
             } else {

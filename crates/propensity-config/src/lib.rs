@@ -266,7 +266,22 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
             segments_ok = false;
         }
     }
-    let segments = sem.segments(&segments_raw, &root.key("segments"));
+    // Segment rules are type-checked against the score fields and the attributes the
+    // profile source lists; with no list (every column) attributes are checked by the run.
+    let listed: Vec<String>;
+    let attrs = match sources.as_ref().map(|s| s.profiles.as_ref()) {
+        Some(Some(p)) => match &p.attributes {
+            Some(a) if !a.is_empty() => {
+                listed = a.clone();
+                propensity_core::rule::Attributes::Listed(&listed)
+            }
+            _ => propensity_core::rule::Attributes::Any,
+        },
+        Some(None) => propensity_core::rule::Attributes::None,
+        // The source section could not be read: do not guess.
+        None => propensity_core::rule::Attributes::Any,
+    };
+    let segments = sem.segments(&segments_raw, &root.key("segments"), attrs);
 
     let mut sinks = Vec::new();
     let mut sinks_ok = true;

@@ -257,6 +257,20 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         })
     }
 
+    /// The file offset of byte `offset` of the string at `path` when the TOML string holds
+    /// `text` verbatim (no escapes); else the string's start.
+    fn offset_in_string(&self, path: &KeyPath, text: &str, offset: Option<usize>) -> usize {
+        let span = self.loc.span(path);
+        let raw = self.lines.source().get(span.clone()).unwrap_or_default();
+        let verbatim = raw.len() == text.len() + 2
+            && (raw.starts_with('"') || raw.starts_with('\''))
+            && raw.get(1..raw.len() - 1) == Some(text);
+        match offset {
+            Some(o) if verbatim => span.start + 1 + o,
+            _ => span.start,
+        }
+    }
+
     /// Parses a rule; a syntax error points at the offending character in the file when the
     /// TOML string holds the rule verbatim (no escapes), else at the string.
     fn predicate(&mut self, text: &str, path: &KeyPath) -> Option<Predicate> {
@@ -269,16 +283,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 if self.is_poisoned(path) {
                     return None;
                 }
-                let span = self.loc.span(path);
-                let raw = self.lines.source().get(span.clone()).unwrap_or_default();
-                let verbatim = raw.len() == text.len() + 2
-                    && (raw.starts_with('"') || raw.starts_with('\''))
-                    && raw.get(1..raw.len() - 1) == Some(text);
-                let at = if verbatim {
-                    span.start + 1 + e.offset
-                } else {
-                    span.start
-                };
+                let at = self.offset_in_string(path, text, Some(e.offset));
                 self.findings.push(Finding {
                     span: at..at,
                     path: path.clone(),
@@ -958,7 +963,12 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         })
     }
 
-    pub fn segments(&mut self, raw: &[(usize, RawSegment)], p: &KeyPath) -> Vec<SegmentSpec> {
+    pub fn segments(
+        &mut self,
+        raw: &[(usize, RawSegment)],
+        p: &KeyPath,
+        attrs: propensity_core::rule::Attributes<'_>,
+    ) -> Vec<SegmentSpec> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
         for (i, s) in raw {
@@ -988,6 +998,22 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 );
             }
             if let Some(rule) = self.predicate(&s.rule, &sp.key("where")) {
+                if let Err(e) = propensity_core::rule::check(&rule.expr, attrs) {
+                    let wp = sp.key("where");
+                    let within = e
+                        .anchor
+                        .as_deref()
+                        .and_then(|a| propensity_core::rule::locate(&s.rule, a));
+                    let at = self.offset_in_string(&wp, &s.rule, within);
+                    self.findings.push(Finding {
+                        span: at..at,
+                        path: wp,
+                        code: "bad-rule",
+                        message: format!("segment `{}`: {}", s.name, e.message),
+                        hint: e.hint,
+                    });
+                    continue;
+                }
                 out.push(SegmentSpec {
                     name: s.name.clone(),
                     description: s.description.clone(),

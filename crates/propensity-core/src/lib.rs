@@ -14,6 +14,7 @@ pub mod duration;
 pub mod enums;
 pub mod expr;
 pub mod job;
+pub mod rule;
 pub mod secret;
 
 pub use duration::{Span, SpanError};

@@ -148,6 +148,28 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Keeps the rows whose profile index satisfies `keep` (erased profiles are dropped this
+    /// way before training and scoring).
+    pub fn retain(&mut self, keep: impl Fn(u32) -> bool) {
+        let w = self.width;
+        let mut out = 0;
+        for i in 0..self.rows.len() {
+            if keep(self.rows[i]) {
+                self.rows[out] = self.rows[i];
+                if !self.labels.is_empty() {
+                    self.labels[out] = self.labels[i];
+                }
+                self.values.copy_within(i * w..(i + 1) * w, out * w);
+                out += 1;
+            }
+        }
+        self.rows.truncate(out);
+        if !self.labels.is_empty() {
+            self.labels.truncate(out);
+        }
+        self.values.truncate(out * w);
+    }
+
     pub fn empty(cutoff: i64, training: bool, width: usize) -> Self {
         Self {
             cutoff,

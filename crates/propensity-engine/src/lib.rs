@@ -35,6 +35,7 @@ pub mod events;
 pub mod features;
 pub mod generate;
 pub mod profiles;
+pub mod segments;
 pub mod source;
 
 use std::path::{Path, PathBuf};

@@ -90,6 +90,7 @@ pub fn render(report: &RunReport) -> String {
         rejected_section(&mut out, rejected);
     }
     data_section(&mut out, report);
+    segments_section(&mut out, report);
     timings_section(&mut out, report);
     outputs_section(&mut out, report);
 
@@ -524,6 +525,67 @@ fn timings_section(out: &mut String, r: &RunReport) {
             .map(|(stage, seconds)| vec![stage.clone(), fmt_num(*seconds, 2)])
             .collect();
         table(out, &[("Stage", false), ("Seconds", true)], &rows);
+    }
+    out.push_str("</section>\n");
+}
+
+fn segments_section(out: &mut String, r: &RunReport) {
+    out.push_str("<section>\n<h2>Segments and publications</h2>\n");
+    if r.segments.is_empty() {
+        note(out, "No segments.");
+    } else {
+        let rows: Vec<Vec<String>> = r
+            .segments
+            .iter()
+            .map(|s| {
+                vec![
+                    s.name.clone(),
+                    fmt_count(s.profiles as u64),
+                    fmt_count(s.holdout as u64),
+                    fmt_num(s.holdout_fraction * 100.0, 1),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                ("Segment", false),
+                ("Activated profiles", true),
+                ("Held out", true),
+                ("Holdout %", true),
+            ],
+            &rows,
+        );
+    }
+    if !r.publications.is_empty() {
+        let rows: Vec<Vec<String>> = r
+            .publications
+            .iter()
+            .map(|p| {
+                vec![
+                    format!("{} ({})", p.sink, p.kind),
+                    p.status.clone(),
+                    fmt_count(p.rows as u64),
+                    fmt_num(p.seconds, 2),
+                    if p.message.is_empty() {
+                        p.location.clone()
+                    } else {
+                        format!("{} — {}", p.location, p.message)
+                    },
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                ("Sink", false),
+                ("Status", false),
+                ("Rows", true),
+                ("Seconds", true),
+                ("Where / why", false),
+            ],
+            &rows,
+        );
     }
     out.push_str("</section>\n");
 }
@@ -1737,6 +1799,22 @@ mod tests {
                 eligible: 1000,
                 findings: vec!["warning: 100 events without a customer id".to_string()],
             },
+            segments: vec![crate::report::SegmentSize {
+                name: "<b>vip</b>".to_string(),
+                profiles: 90,
+                holdout: 10,
+                holdout_fraction: 0.1,
+            }],
+            publication: "20240501T000000Z-0123456789abcdef".to_string(),
+            publications: vec![crate::report::PublicationRecord {
+                sink: "crm".to_string(),
+                kind: "webhook".to_string(),
+                status: "failed".to_string(),
+                rows: 0,
+                location: String::new(),
+                message: "HTTP 500 <oops>".to_string(),
+                seconds: 0.5,
+            }],
             timings: vec![
                 StageTiming {
                     stage: "read".to_string(),
@@ -1776,6 +1854,8 @@ mod tests {
         assert!(html.contains("Feature &lt;orders_90d&gt; missing"));
         assert!(html.contains("s3://bucket/report.html?a=1&amp;b=2"));
         assert!(html.contains("Rejected model"));
+        assert!(html.contains("Segments and publications"));
+        assert!(html.contains("&lt;b&gt;vip&lt;/b&gt;") && html.contains("HTTP 500 &lt;oops&gt;"));
         assert!(!html.contains("Low confidence"));
         assert!(!html.contains("<link") && !html.contains("<img") && !html.contains("<script"));
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use propensity_core::{Domain, Goal, Job, SinkKind};
+use propensity_core::{Domain, Goal, Job};
 use propensity_engine::source::EnvLookup;
 use propensity_engine::{Engine, EngineError, EngineOptions, rfc3339};
 use propensity_model::Matrix;
@@ -20,13 +20,19 @@ use propensity_model::gbdt::GbdtParams;
 use propensity_model::pipeline::{self, Algorithm, CalibrationMethod, Scorer, Settings};
 use sha2::{Digest, Sha256};
 
+pub mod erasure;
 pub mod html;
 pub mod registry;
 pub mod report;
 pub mod scores;
+pub mod segments;
+pub mod suppression;
 
 use registry::{LatestRun, Registry, StoredModel, write_atomic};
-use report::{BucketSize, DataSummary, Output, RunReport, StageTiming, TrainingOutcome};
+use report::{
+    BucketSize, DataSummary, Output, PublicationRecord, RunReport, SegmentSize, StageTiming,
+    TrainingOutcome,
+};
 
 /// Why a run failed: who must act (`domain`), what happened, and what to do.
 #[derive(Debug, Clone)]
@@ -117,6 +123,8 @@ pub struct RunOptions {
     pub state_dir: PathBuf,
     /// Where `${NAME}` references in the job are looked up.
     pub env: EnvLookup,
+    /// The job file, recorded so `propensity forget` can find this job's sinks later.
+    pub job_file: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -127,6 +135,7 @@ impl RunOptions {
             force_train,
             state_dir,
             env: std::sync::Arc::new(|k| std::env::var(k).ok()),
+            job_file: None,
         }
     }
 }
@@ -145,6 +154,8 @@ impl std::fmt::Debug for RunOptions {
 #[derive(Debug, Clone)]
 pub struct RunSummary {
     pub report: RunReport,
+    /// Sinks that failed (their names and why); the run's scores and report are written.
+    pub failed_sinks: Vec<String>,
     pub run_dir: PathBuf,
     pub scores_path: PathBuf,
     pub report_path: PathBuf,
@@ -412,7 +423,26 @@ pub fn run(
 
     // Features for every cutoff.
     let stage = Stage::begin(progress, &mut timings, "features", None);
-    let dataset = loaded.dataset()?;
+    let mut dataset = loaded.dataset()?;
+    // Profiles erased with `propensity forget` are left out of training and scoring.
+    let suppressed = suppression::load(&opts.state_dir)?;
+    let mut erased = 0usize;
+    if !suppressed.is_empty() {
+        let drop: Vec<bool> = loaded
+            .store
+            .profile_ids
+            .iter()
+            .map(|id| suppressed.contains(&suppression::digest(id)))
+            .collect();
+        erased = drop.iter().filter(|d| **d).count();
+        for snap in dataset
+            .training
+            .iter_mut()
+            .chain(std::iter::once(&mut dataset.scoring))
+        {
+            snap.retain(|p| !drop[p as usize]);
+        }
+    }
     let names: Vec<String> = loaded
         .features
         .catalogue
@@ -428,10 +458,15 @@ pub fn run(
         .map(|f| f.label.clone())
         .collect();
     stage.end(&format!(
-        "{} features, {} training cutoffs, {} profiles to score",
+        "{} features, {} training cutoffs, {} profiles to score{}",
         names.len(),
         dataset.training.len(),
-        dataset.scoring.rows.len()
+        dataset.scoring.rows.len(),
+        if erased > 0 {
+            format!(" ({erased} erased profiles left out)")
+        } else {
+            String::new()
+        }
     ));
 
     // Train when due.
@@ -737,13 +772,56 @@ pub fn run(
         stored.version
     ));
 
-    // Write.
-    let stage = Stage::begin(progress, &mut timings, "write", None);
+    // Segments.
     let ids: Vec<&str> = snap
         .rows
         .iter()
         .map(|&p| loaded.store.profile_ids[p as usize].as_str())
         .collect();
+    let segs = segments::effective(job);
+    let stage = Stage::begin(progress, &mut timings, "segment", None);
+    let (membership, seg_warnings) = segments::membership(
+        &rt,
+        &segs,
+        &loaded,
+        &segments::Rows {
+            rows: &snap.rows,
+            ids: &ids,
+            scored: &scored,
+            features: &stored.features,
+            model_version: &stored.version,
+            confidence,
+        },
+        settings.seed,
+    )?;
+    for w in seg_warnings {
+        warn(&mut warnings, w);
+    }
+    let segment_sizes: Vec<SegmentSize> = segs
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let k = k as u16;
+            let members = membership.member.iter().filter(|m| m.contains(&k)).count();
+            let held = membership.held.iter().filter(|m| m.contains(&k)).count();
+            SegmentSize {
+                name: s.name.clone(),
+                profiles: members - held,
+                holdout: held,
+                holdout_fraction: s.holdout,
+            }
+        })
+        .collect();
+    stage.end(
+        &segment_sizes
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.profiles + s.holdout))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+
+    // Write the run's score table.
+    let stage = Stage::begin(progress, &mut timings, "write", None);
     let goal = goal_text(job);
     let cols = scores::RunColumns {
         job: &job.name,
@@ -755,7 +833,7 @@ pub fn run(
         names: &stored.features,
         labels: &stored.labels,
     };
-    let batch = scores::batch(&cols, &ids, &scored, &|i, j| x.get(i, j))?;
+    let batch = scores::batch(&cols, &ids, &scored, &membership, &|i, j| x.get(i, j))?;
     let bytes = scores::parquet_bytes(&batch)?;
     let run_dir = registry.run_dir(&run_id);
     let scores_path = run_dir.join("scores.parquet");
@@ -765,68 +843,57 @@ pub fn run(
         location: scores_path.display().to_string(),
         rows: Some(scored.len()),
     }];
-    for sink in &job.sinks {
-        match &sink.kind {
-            SinkKind::Parquet {
-                location, storage, ..
-            } => {
-                let dir =
-                    propensity_engine::source::output_dir(location, storage, job_dir, &opts.env)
-                        .map_err(|e| RunError::user(format!("sink `{}`: {e}", sink.name)))?;
-                let key = |rest: &str| {
-                    object_store::path::Path::from(format!(
-                        "{}{}{rest}",
-                        dir.prefix,
-                        if dir.prefix.as_ref().is_empty() {
-                            ""
-                        } else {
-                            "/"
-                        }
-                    ))
-                };
-                let data_key = key(&format!("runs/{run_id}/scores.parquet"));
-                let pointer = serde_json::json!({
-                    "run_id": run_id, "as_of": rfc3339(as_of_us), "model_version": stored.version,
-                    "rows": scored.len(), "files": [format!("runs/{run_id}/scores.parquet")],
-                });
-                let store = dir.store.clone();
-                let payload = bytes.clone();
-                rt.block_on(async {
-                    use object_store::ObjectStoreExt;
-                    store.put(&data_key, payload.into()).await?;
-                    store
-                        .put(
-                            &key("current.json"),
-                            serde_json::to_vec_pretty(&pointer)
-                                .unwrap_or_default()
-                                .into(),
-                        )
-                        .await
-                        .map(|_| ())
-                })
-                .map_err(|e| {
-                    RunError::external(format!("sink `{}` ({}): {e}", sink.name, dir.display))
-                })?;
-                outputs.push(Output {
-                    kind: format!("sink:{}", sink.name),
-                    location: format!(
-                        "{}/runs/{run_id}/scores.parquet",
-                        dir.display.trim_end_matches('/')
-                    ),
-                    rows: Some(scored.len()),
-                });
+    stage.end(&scores_path.display().to_string());
+
+    // Publish to every sink; one failing sink does not stop the others.
+    let stage = Stage::begin(
+        progress,
+        &mut timings,
+        "publish",
+        Some(job.sinks.len() as u64),
+    );
+    let publication = propensity_sinks::Publication {
+        job: job.name.clone(),
+        id: propensity_sinks::publication_id(
+            &opts.as_of.format("%Y%m%dT%H%M%SZ").to_string(),
+            &bytes,
+        ),
+        run_id: run_id.clone(),
+        as_of: rfc3339(as_of_us),
+        batch,
+        segments: segs.iter().map(|s| s.name.clone()).collect(),
+        state_dir: registry.root().to_path_buf(),
+        failpoint: (opts.env)("PROPENSITY_FAILPOINT"),
+    };
+    let ctx = propensity_sinks::Context {
+        job_dir: job_dir.to_path_buf(),
+        env: opts.env.clone(),
+        state_dir: Some(registry.root().to_path_buf()),
+    };
+    let publications = rt.block_on(publish_all(job, &ctx, &publication, progress));
+    let mut failed_sinks = Vec::new();
+    for p in &publications {
+        match p.status.as_str() {
+            "failed" => {
+                failed_sinks.push(format!("{}: {}", p.sink, p.message));
+                warn(
+                    &mut warnings,
+                    format!("sink `{}` ({}) failed: {}", p.sink, p.kind, p.message),
+                );
             }
-            other => warn(
-                &mut warnings,
-                format!(
-                    "sink `{}` ({}) is not published by this build yet; the scores are in {}",
-                    sink.name,
-                    other.type_name(),
-                    scores_path.display()
-                ),
-            ),
+            _ => outputs.push(Output {
+                kind: format!("sink:{}", p.sink),
+                location: p.location.clone(),
+                rows: Some(p.rows),
+            }),
         }
     }
+    stage.end(&format!(
+        "{} of {} sinks published ({})",
+        publications.iter().filter(|p| p.status != "failed").count(),
+        publications.len(),
+        publication.id
+    ));
 
     // Report.
     let n = scored.len();
@@ -891,7 +958,6 @@ pub fn run(
         location: report_html.display().to_string(),
         rows: None,
     });
-    stage.end(&format!("{}", run_dir.display()));
     let mut report = RunReport {
         job: job.name.clone(),
         description: job.description.clone(),
@@ -922,6 +988,9 @@ pub fn run(
                 .map(|f| format!("warning: {}", f.message))
                 .collect(),
         },
+        segments: segment_sizes,
+        publication: publication.id.clone(),
+        publications,
         timings,
         outputs,
         warnings,
@@ -935,13 +1004,70 @@ pub fn run(
         run_id,
         as_of: report.as_of.clone(),
         model_version: report.model_version.clone(),
+        job_file: opts.job_file.as_ref().map(|f| {
+            std::path::absolute(f)
+                .unwrap_or_else(|_| f.clone())
+                .display()
+                .to_string()
+        }),
     })?;
     Ok(RunSummary {
         report,
+        failed_sinks,
         run_dir,
         scores_path,
         report_path: report_html,
     })
+}
+
+/// Publishes to every sink of the job concurrently; each sink's outcome is recorded, a
+/// failure included (it never stops the other sinks).
+pub async fn publish_all(
+    job: &Job,
+    ctx: &propensity_sinks::Context,
+    publication: &propensity_sinks::Publication,
+    progress: &dyn Progress,
+) -> Vec<PublicationRecord> {
+    let futures = propensity_sinks::build_all(job, ctx)
+        .into_iter()
+        .zip(&job.sinks)
+        .map(|((name, sink), spec)| async move {
+            let started = std::time::Instant::now();
+            let kind = spec.kind.type_name().to_owned();
+            let result = match sink {
+                Ok(sink) => sink.publish(publication).await,
+                Err(e) => Err(e),
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            match result {
+                Ok(p) => PublicationRecord {
+                    sink: name,
+                    kind,
+                    status: match p.status {
+                        propensity_sinks::Status::Published => "published",
+                        propensity_sinks::Status::Unchanged => "unchanged",
+                        propensity_sinks::Status::Failed => "failed",
+                    }
+                    .into(),
+                    rows: p.rows,
+                    location: p.location,
+                    message: p.detail.unwrap_or_default(),
+                    seconds,
+                },
+                Err(e) => PublicationRecord {
+                    sink: name,
+                    kind,
+                    status: "failed".into(),
+                    rows: 0,
+                    location: String::new(),
+                    message: e.message,
+                    seconds,
+                },
+            }
+        });
+    let out = futures::future::join_all(futures).await;
+    progress.advance(out.len() as u64);
+    out
 }
 
 mod erased {

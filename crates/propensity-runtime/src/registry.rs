@@ -48,6 +48,9 @@ pub struct LatestRun {
     pub run_id: String,
     pub as_of: String,
     pub model_version: String,
+    /// The job file the run read (absolute), for `propensity forget` and `replay`.
+    #[serde(default)]
+    pub job_file: Option<String>,
 }
 
 #[derive(Debug, Clone)]

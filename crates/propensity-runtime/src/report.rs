@@ -35,6 +35,15 @@ pub struct RunReport {
     pub top_factors_by_bucket: Vec<BucketFactors>,
     pub data: DataSummary,
     pub timings: Vec<StageTiming>,
+    /// Profiles per segment (activated and held out).
+    #[serde(default)]
+    pub segments: Vec<SegmentSize>,
+    /// The content-derived publication id of this run's rows.
+    #[serde(default)]
+    pub publication: String,
+    /// What each sink did.
+    #[serde(default)]
+    pub publications: Vec<PublicationRecord>,
     pub outputs: Vec<Output>,
     /// Things a person should know (fallback used, gate failed, features missing, …).
     pub warnings: Vec<String>,
@@ -74,6 +83,28 @@ pub struct DataSummary {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct StageTiming {
     pub stage: String,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SegmentSize {
+    pub name: String,
+    /// Members that are activated (not held out).
+    pub profiles: usize,
+    pub holdout: usize,
+    pub holdout_fraction: f64,
+}
+
+/// One sink's publication outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PublicationRecord {
+    pub sink: String,
+    pub kind: String,
+    /// `published`, `unchanged` or `failed`.
+    pub status: String,
+    pub rows: usize,
+    pub location: String,
+    pub message: String,
     pub seconds: f64,
 }
 

@@ -8,7 +8,7 @@ use arrow::array::{
     StructArray, TimestampMicrosecondArray,
 };
 use arrow::buffer::OffsetBuffer;
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{DataType, Field};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
@@ -16,52 +16,8 @@ use propensity_model::pipeline::Scored;
 
 use crate::RunError;
 
-fn factor_fields() -> Fields {
-    Fields::from(vec![
-        Field::new("feature", DataType::Utf8, false),
-        Field::new("label", DataType::Utf8, false),
-        Field::new("value", DataType::Float64, true),
-        Field::new("contribution", DataType::Float64, false),
-        Field::new("direction", DataType::Utf8, false),
-        Field::new("importance", DataType::Utf8, false),
-    ])
-}
-
-/// The score-row schema.
-pub fn schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("profile_id", DataType::Utf8, false),
-        Field::new("job", DataType::Utf8, false),
-        Field::new("goal", DataType::Utf8, false),
-        Field::new(
-            "as_of",
-            DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            false,
-        ),
-        Field::new("score_date", DataType::Date32, false),
-        Field::new("model_version", DataType::Utf8, false),
-        Field::new("config_hash", DataType::Utf8, false),
-        Field::new("probability", DataType::Float64, false),
-        Field::new("score", DataType::Int32, false),
-        Field::new("percentile", DataType::Int32, false),
-        Field::new("bucket", DataType::Utf8, false),
-        Field::new(
-            "factors",
-            DataType::List(Arc::new(Field::new(
-                "item",
-                DataType::Struct(factor_fields()),
-                true,
-            ))),
-            false,
-        ),
-        Field::new(
-            "segments",
-            DataType::List(Arc::new(Field::new("item", DataType::Utf8, true))),
-            false,
-        ),
-        Field::new("confidence", DataType::Utf8, false),
-    ]))
-}
+// The score-row schema is the contract between runs and sinks: it lives with the sinks.
+pub use propensity_sinks::rows::{factor_fields, schema};
 
 /// What every row of one run shares.
 #[derive(Debug, Clone)]
@@ -77,12 +33,23 @@ pub struct RunColumns<'a> {
     pub labels: &'a [String],
 }
 
+/// Segment memberships of a run's rows: indices into `names`, per row.
+#[derive(Debug, Clone, Default)]
+pub struct Membership {
+    pub names: Vec<String>,
+    /// The segments each row belongs to (held-out memberships included).
+    pub member: Vec<Vec<u16>>,
+    /// The segments each row is held out of.
+    pub held: Vec<Vec<u16>>,
+}
+
 /// Builds the score table. `values(i, j)` is row `i`'s value of model feature `j` (NaN when
 /// missing).
 pub fn batch(
     run: &RunColumns<'_>,
     profile_ids: &[&str],
     scored: &[Scored],
+    membership: &Membership,
     values: &dyn Fn(usize, usize) -> f32,
 ) -> Result<RecordBatch, RunError> {
     let n = scored.len();
@@ -130,12 +97,25 @@ pub fn batch(
         Arc::new(factors),
         None,
     );
-    let segments = ListArray::new(
-        Arc::new(Field::new("item", DataType::Utf8, true)),
-        OffsetBuffer::new(vec![0i32; n + 1].into()),
-        Arc::new(StringArray::from(Vec::<&str>::new())),
-        None,
-    );
+    let names_list = |sets: &[Vec<u16>]| {
+        let mut offsets = Vec::with_capacity(n + 1);
+        offsets.push(0i32);
+        let mut values: Vec<&str> = Vec::new();
+        for i in 0..n {
+            if let Some(set) = sets.get(i) {
+                values.extend(set.iter().map(|&k| membership.names[k as usize].as_str()));
+            }
+            offsets.push(values.len() as i32);
+        }
+        ListArray::new(
+            Arc::new(Field::new("item", DataType::Utf8, true)),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(StringArray::from(values)),
+            None,
+        )
+    };
+    let segments = names_list(&membership.member);
+    let holdout = names_list(&membership.held);
     let cols: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from(profile_ids.to_vec())),
         Arc::new(StringArray::from(vec![run.job; n])),
@@ -158,6 +138,7 @@ pub fn batch(
         )),
         Arc::new(factors),
         Arc::new(segments),
+        Arc::new(holdout),
         Arc::new(StringArray::from(vec![run.confidence; n])),
     ];
     RecordBatch::try_new(schema(), cols)
@@ -194,6 +175,9 @@ pub struct ProfileScore {
     pub bucket: String,
     pub confidence: String,
     pub factors: Vec<FactorRow>,
+    /// Segments the profile is in, and those it is held out of.
+    pub segments: Vec<String>,
+    pub holdout: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -237,6 +221,17 @@ pub fn find(path: &std::path::Path, profile_id: &str) -> Result<Option<ProfileSc
                 .value(i)
                 .to_owned())
         };
+        // A list of names at row `i` (empty when the column is not a list of strings).
+        let names = |c: &arrow::array::ArrayRef| -> Vec<String> {
+            c.as_list_opt::<i32>()
+                .map(|l| {
+                    let v = l.value(i);
+                    v.as_string_opt::<i32>()
+                        .map(|s| s.iter().flatten().map(str::to_owned).collect())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default()
+        };
         let as_of = col("as_of")?
             .as_primitive_opt::<TimestampMicrosecondType>()
             .ok_or_else(|| bad("as_of"))?
@@ -279,7 +274,110 @@ pub fn find(path: &std::path::Path, profile_id: &str) -> Result<Option<ProfileSc
             bucket: s("bucket")?,
             confidence: s("confidence")?,
             factors,
+            segments: names(col("segments")?),
+            holdout: names(col("holdout")?),
         }));
     }
     Ok(None)
+}
+
+/// A synthetic score table for tests and benchmarks (the sink conformance suite and
+/// `make bench-sinks`): `n` profiles `{tag}-{i}` of `job`; every row is in segment `all`, every
+/// third in `vip`; every tenth is held out of `all`. Ids include characters that need
+/// quoting in CSV, SQL COPY and JSON.
+pub fn synthetic(job: &str, tag: &str, n: usize) -> Result<RecordBatch, RunError> {
+    let schema = schema();
+    let ids: Vec<String> = (0..n)
+        .map(|i| {
+            if i % 97 == 5 {
+                format!("{tag}-{i},\"q\"\t\\ü")
+            } else {
+                format!("{tag}-{i}")
+            }
+        })
+        .collect();
+    let factor_fields = factor_fields();
+    let factors = StructArray::new(
+        factor_fields.clone(),
+        vec![
+            Arc::new(StringArray::from(vec!["days_since_last_purchase"; n])) as ArrayRef,
+            Arc::new(StringArray::from(vec!["Days since last purchase"; n])),
+            Arc::new(Float64Array::from(
+                (0..n).map(|i| Some(i as f64)).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(vec![0.25; n])),
+            Arc::new(StringArray::from(vec!["increases"; n])),
+            Arc::new(StringArray::from(vec!["high"; n])),
+        ],
+        None,
+    );
+    let list = |values: Vec<Vec<&str>>| {
+        let mut offsets = vec![0i32];
+        let mut flat = Vec::new();
+        for v in values {
+            flat.extend(v);
+            offsets.push(flat.len() as i32);
+        }
+        ListArray::new(
+            Arc::new(Field::new("item", DataType::Utf8, true)),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(StringArray::from(flat)),
+            None,
+        )
+    };
+    let segments = list(
+        (0..n)
+            .map(|i| {
+                if i % 3 == 0 {
+                    vec!["all", "vip"]
+                } else {
+                    vec!["all"]
+                }
+            })
+            .collect(),
+    );
+    let holdout = list(
+        (0..n)
+            .map(|i| if i % 10 == 0 { vec!["all"] } else { vec![] })
+            .collect(),
+    );
+    let model = format!("model-{tag}");
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from(ids)),
+        Arc::new(StringArray::from(vec![job; n])),
+        Arc::new(StringArray::from(vec!["purchase within 30d"; n])),
+        Arc::new(
+            TimestampMicrosecondArray::from(vec![1_780_272_000_000_000; n]).with_timezone("UTC"),
+        ),
+        Arc::new(Date32Array::from(vec![20_605; n])),
+        Arc::new(StringArray::from(vec![model.as_str(); n])),
+        Arc::new(StringArray::from(vec!["cfg"; n])),
+        Arc::new(Float64Array::from(
+            (0..n)
+                .map(|i| (i % 1000) as f64 / 1000.0)
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Int32Array::from(
+            (0..n).map(|i| (i % 101) as i32).collect::<Vec<_>>(),
+        )),
+        Arc::new(Int32Array::from(
+            (0..n).map(|i| (i % 100) as i32 + 1).collect::<Vec<_>>(),
+        )),
+        Arc::new(StringArray::from(
+            (0..n)
+                .map(|i| ["high", "medium", "low"][i % 3])
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(ListArray::new(
+            Arc::new(Field::new("item", DataType::Struct(factor_fields), true)),
+            OffsetBuffer::new((0..=n as i32).collect::<Vec<_>>().into()),
+            Arc::new(factors),
+            None,
+        )),
+        Arc::new(segments),
+        Arc::new(holdout),
+        Arc::new(StringArray::from(vec!["normal"; n])),
+    ];
+    RecordBatch::try_new(schema, cols)
+        .map_err(|e| RunError::internal(format!("synthetic score table: {e}")))
 }
