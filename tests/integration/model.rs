@@ -225,14 +225,22 @@ fn run_scores_every_eligible_profile_and_a_rerun_gives_identical_files() {
     assert_eq!(third["training"]["status"], "not_due");
     assert!(std::fs::read(output(&third, "scores")).unwrap_or_default() == a);
 
-    // The Parquet sink has the run's file and a pointer to it.
-    let sink = output(&third, "sink:files");
-    assert!(std::fs::read(&sink).unwrap_or_default() == a);
+    // The Parquet sink's pointer names the first run's publication: the later runs had the
+    // same rows (the same content-derived publication id) and changed nothing.
     let pointer: serde_json::Value = serde_json::from_slice(
         &std::fs::read(dir.join("published/current.json")).unwrap_or_default(),
     )
     .unwrap_or_default();
-    assert_eq!(pointer["run_id"], third["run_id"]);
+    assert_eq!(pointer["run_id"], first["run_id"]);
+    assert_eq!(pointer["publication"], third["publication"]);
+    let file = dir
+        .join("published")
+        .join(pointer["files"][0].as_str().unwrap_or_default());
+    assert!(std::fs::read(&file).unwrap_or_default() == a);
+    for r in [&second, &third] {
+        assert_eq!(r["publications"][0]["status"], "unchanged", "{}", r["publications"]);
+    }
+    assert_eq!(first["publications"][0]["status"], "published");
 
     // The report: an HTML page with its charts, the card and the JSON report.
     let html = std::fs::read_to_string(output(&first, "report_html")).unwrap_or_default();
