@@ -238,7 +238,11 @@ fn run_scores_every_eligible_profile_and_a_rerun_gives_identical_files() {
         .join(pointer["files"][0].as_str().unwrap_or_default());
     assert!(std::fs::read(&file).unwrap_or_default() == a);
     for r in [&second, &third] {
-        assert_eq!(r["publications"][0]["status"], "unchanged", "{}", r["publications"]);
+        assert_eq!(
+            r["publications"][0]["status"], "unchanged",
+            "{}",
+            r["publications"]
+        );
     }
     assert_eq!(first["publications"][0]["status"], "published");
 
