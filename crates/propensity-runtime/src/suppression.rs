@@ -9,8 +9,6 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
 use crate::RunError;
 
 fn file(state_dir: &Path) -> PathBuf {
@@ -19,10 +17,7 @@ fn file(state_dir: &Path) -> PathBuf {
 
 /// The sha256 of a profile id, hex.
 pub fn digest(profile_id: &str) -> String {
-    Sha256::digest(profile_id.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::sha256_hex(profile_id.as_bytes())
 }
 
 /// The suppressed digests.

@@ -221,7 +221,10 @@ impl FileSink {
             Format::Csv => {
                 let r = ScoreRows::new(batch)?;
                 let mut w = csv::Writer::from_writer(Vec::with_capacity(r.len() * 600));
-                w.write_record(CSV_HEADER).map_err(|e| bug(&e))?;
+                // One column per score-row field, in schema order (the record below follows it).
+                let header = crate::rows::schema();
+                w.write_record(header.fields().iter().map(|f| f.name().as_str()))
+                    .map_err(|e| bug(&e))?;
                 for i in 0..r.len() {
                     let json = |v: serde_json::Value| v.to_string();
                     w.write_record([
@@ -432,24 +435,6 @@ impl FileSink {
             .map_err(|e| self.err(path, e))
     }
 }
-
-const CSV_HEADER: [&str; 15] = [
-    "profile_id",
-    "job",
-    "goal",
-    "as_of",
-    "score_date",
-    "model_version",
-    "config_hash",
-    "probability",
-    "score",
-    "percentile",
-    "bucket",
-    "factors",
-    "segments",
-    "holdout",
-    "confidence",
-];
 
 fn json_payload<T: Serialize>(v: &T) -> PutPayload {
     let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();

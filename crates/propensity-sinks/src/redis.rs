@@ -1377,38 +1377,4 @@ mod tests {
         assert!(err.message.contains("127.0.0.1:1"), "{err}");
         assert!(!err.message.contains("hunter2"), "{err}");
     }
-
-    /// Publishes many rows; `--ignored` to time it (`PROPENSITY_REDIS_BENCH_ROWS`, default
-    /// 200 000).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "benchmark"]
-    async fn bench_publish() {
-        let n: usize = std::env::var("PROPENSITY_REDIS_BENCH_ROWS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(200_000);
-        let ids: Vec<String> = (0..n).map(|i| format!("profile-{i:08}")).collect();
-        let segs: [&[&str]; 3] = [&["vip", "at_risk"], &["at_risk"], &[]];
-        let rows: Vec<Row<'_>> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.as_str(), (i % 100) as f64 / 100.0, segs[i % 3], &[][..]))
-            .collect();
-        let b = batch(&rows);
-        let pre = prefix("bench");
-        let s = sink(&pre, false);
-        for v in ["v1", "v2"] {
-            let t = std::time::Instant::now();
-            let out = s.publish(&publication(v, b.clone(), None)).await.unwrap();
-            eprintln!(
-                "{v}: {} rows in {:?} ({:?})",
-                out.rows,
-                t.elapsed(),
-                out.detail
-            );
-        }
-        let t = std::time::Instant::now();
-        cleanup(&pre).await;
-        eprintln!("cleanup {:?}", t.elapsed());
-    }
 }
