@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help demo build test lint fmt schema golden bench bench-models bench-candidates bench-sinks
+.PHONY: help demo build plugins test lint fmt schema golden bench bench-models bench-candidates bench-sinks
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -11,10 +11,15 @@ help: ## List the targets
 demo: ## Generate sample data, train and score the example job, print the summary and the report path
 	$(CARGO) run --locked -p propensity-cli -- demo --dir data/demo
 
-build: ## Build the `propensity` binary (debug)
+build: plugins ## Build the `propensity` binary and the goal plugins (debug)
 	$(CARGO) build --locked -p propensity-cli
 
-test: ## Run the whole test suite
+PLUGINS := repeat_purchase subscription_lapse funnel_completion spend_threshold faulty_goal old_abi_goal
+
+plugins: ## Build the goal plugins (and the fault-test fixtures) into target/debug/, where propensity finds them
+	$(CARGO) build --locked $(addprefix -p ,$(PLUGINS))
+
+test: plugins ## Run the whole test suite (builds the plugins first: the plugin tests load them)
 	$(CARGO) test --locked --workspace --all-targets
 	$(CARGO) test --locked --workspace --doc
 

@@ -479,6 +479,14 @@ fn write_xdm_parquet(path: &Path, rows: &[(String, i64, &str, Option<f64>)]) {
             Arc::new(Field::new("order", DataType::Struct(order), false)),
             Arc::new(price) as ArrayRef,
         )])),
+        // `subscription.expiresAt`: no renewals among these events.
+        {
+            let DataType::Struct(sub) = schema.field(5).data_type().clone() else {
+                panic!("the sixth event column is the subscription struct")
+            };
+            let expires = arrow::array::new_null_array(sub[0].data_type(), rows.len());
+            Arc::new(StructArray::new(sub, vec![expires], None))
+        },
     ];
     let batch = arrow::record_batch::RecordBatch::try_new(schema.clone(), cols)
         .unwrap_or_else(|e| panic!("{e}"));

@@ -3,5 +3,6 @@
 mod data;
 mod job_files;
 mod model;
+mod plugins;
 mod sinks;
 mod support;

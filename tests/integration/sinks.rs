@@ -22,6 +22,8 @@ use propensity_sinks::{Publication, Sink, Status};
 use crate::support::temp_dir;
 
 pub const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The `postgres` database, where the churn and all-sinks examples publish.
+const PG_POSTGRES_DB: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 
 /// What a reader sees: profile id → model version (the version marks the publication).
@@ -1044,158 +1046,466 @@ fn one_failing_sink_does_not_stop_the_others_and_the_exit_code_says_so() {
 
 /// `jobs/publish-everywhere.toml` (every sink type) and `jobs/conversion-purchase-30d.toml`
 /// (Parquet) on generated data, read back the way their consumers read them.
-#[test]
-fn the_example_jobs_publish_to_every_sink_and_read_back() {
-    let dir = temp_dir("examples");
+/// An example job from `jobs/`, copied next to its data with `rewrites` applied (local
+/// data paths for `../data/demo/`, and the named endpoints of a test), then run through the
+/// CLI in a child process. Returns the run's JSON report, after checking that the run
+/// succeeded and every sink published.
+fn run_example(
+    dir: &Path,
+    name: &str,
+    rewrites: &[(&str, String)],
+    env: &[(&str, &str)],
+) -> serde_json::Value {
     let data = crate::support::sample().display().to_string();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut text = std::fs::read_to_string(root.join(format!("jobs/{name}.toml")))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .replace("../data/demo/scores/", "out/")
+        .replace("../data/demo/", &format!("{data}/"));
+    for (from, to) in rewrites {
+        assert!(
+            text.contains(from),
+            "{name}: `{from}` is not in the job any more"
+        );
+        text = text.replace(from, to);
+    }
+    let job = dir.join(format!("{name}.toml"));
+    std::fs::write(&job, text).unwrap_or_else(|e| panic!("{e}"));
+    let job = job.display().to_string();
+    let state = dir.join("state").display().to_string();
+    let args = [
+        "run",
+        &job,
+        "--state",
+        &state,
+        "--as-of",
+        "2026-06-01",
+        "--format",
+        "json",
+    ];
+    let out = run_child(&args, env);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert!(
+        report["scored"].as_u64().unwrap_or_default() > 100,
+        "{name}: {report}"
+    );
+    let segments = report["segments"].as_array().cloned().unwrap_or_default();
+    assert!(!segments.is_empty(), "{name}: segment sizes in the report");
+    let publications = report["publications"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(!publications.is_empty(), "{name}: {report}");
+    for p in &publications {
+        assert_eq!(p["status"], "published", "{name}: {p}");
+    }
+    report
+}
+
+fn scored(report: &serde_json::Value) -> usize {
+    report["scored"].as_u64().unwrap_or_default() as usize
+}
+
+fn segment_size(report: &serde_json::Value, segment: &str) -> i64 {
+    report["segments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == segment)
+        .and_then(|s| s["profiles"].as_i64())
+        .unwrap_or(-1)
+}
+
+/// SQL read-back: the job's rows in `tables.0` and the members of `segment` in `tables.1`
+/// (then both tables are dropped).
+async fn read_back_postgres(
+    url: &str,
+    schema: &str,
+    tables: (&str, &str),
+    job: &str,
+    segment: &str,
+) -> (i64, i64) {
+    let (table, segments) = tables;
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(conn);
+    let q = |sql: String| {
+        let client = &client;
+        async move {
+            let row = client
+                .query_one(&sql, &[&job])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            row.get::<_, i64>(0)
+        }
+    };
+    let rows = q(format!(
+        "SELECT count(*) FROM {schema}.{table} WHERE job = $1 AND probability BETWEEN 0 AND 1"
+    ))
+    .await;
+    let members = q(format!(
+        "SELECT count(*) FROM {schema}.{segments} WHERE job = $1 AND segment = '{segment}'"
+    ))
+    .await;
+    drop_tables(url, schema, tables).await;
+    (rows, members)
+}
+
+async fn clear_redis(prefix: &str) {
+    let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    cleanup_redis(&mut con, prefix).await;
+}
+
+/// Drops a sink's two tables if they exist (a test starts from nothing, and leaves nothing).
+async fn drop_tables(url: &str, schema: &str, (table, segments): (&str, &str)) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP TABLE IF EXISTS {schema}.{table}, {schema}.{segments}"
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// `HGETALL` read-back: the profiles of the current version under `prefix`, and one
+/// profile's hash (then the keys are removed).
+async fn read_back_redis(prefix: &str) -> (usize, BTreeMap<String, String>) {
+    let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
+    let mut con = client
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = RedisReader {
+        prefix: prefix.into(),
+    }
+    .read()
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let version: String = redis::cmd("GET")
+        .arg(format!("{prefix}:current"))
+        .query_async(&mut con)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = seen.keys().next().cloned().unwrap_or_default();
+    let h: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(format!("{prefix}:v:{version}:profile:{id}"))
+        .query_async(&mut con)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p: f64 = h
+        .get("probability")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(-1.0);
+    assert!((0.0..=1.0).contains(&p), "{h:?}");
+    cleanup_redis(&mut con, prefix).await;
+    (seen.len(), h)
+}
+
+/// The receiver's log: every batch once, then the completion event.
+fn read_back_webhook(receiver: &Receiver, rows: usize, batch_size: usize) {
+    let committed = receiver
+        .committed
+        .lock()
+        .map(|c| c.len())
+        .unwrap_or_default();
+    assert_eq!(committed, rows, "webhook profiles");
+    let log = receiver.log.lock().map(|l| l.clone()).unwrap_or_default();
+    assert_eq!(log.len(), rows.div_ceil(batch_size) + 1, "{log:?}");
+    assert!(log.last().is_some_and(|(k, _)| k.ends_with("-completed")));
+}
+
+/// A file sink's `current.json` pointer, read through `store` (local or S3).
+async fn read_pointer(
+    store: &dyn object_store::ObjectStore,
+    dir: &str,
+) -> (serde_json::Value, Vec<String>) {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let get = |p: String| async move {
+        store
+            .get(&object_store::path::Path::from(p.as_str()))
+            .await
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{p}: {e}"))
+    };
+    let pointer: serde_json::Value =
+        serde_json::from_slice(&get(format!("{dir}/current.json")).await).unwrap_or_default();
+    let listing: Vec<String> = store
+        .list(Some(&object_store::path::Path::from(dir)))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let manifest = pointer["manifest"].as_str().unwrap_or_default();
+    assert!(
+        listing.iter().any(|l| l == &format!("{dir}/{manifest}")),
+        "{manifest} not in {listing:?}"
+    );
+    (pointer, listing)
+}
+
+#[test]
+fn the_publish_everywhere_and_conversion_examples_publish_and_read_back() {
+    let dir = temp_dir("examples");
     let rt = crate::support::runtime();
     let receiver = Arc::new(Receiver::default());
     let hook = rt.block_on(start_receiver(receiver.clone()));
-    let prefix = "propensity:everywhere";
-    let schema = "propensity";
-    for name in ["publish-everywhere", "conversion-purchase-30d"] {
-        let text = std::fs::read_to_string(root.join(format!("jobs/{name}.toml")))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .replace("../data/demo/scores/", "out/")
-            .replace("../data/demo/", &format!("{data}/"));
-        let job = dir.join(format!("{name}.toml"));
-        std::fs::write(&job, text).unwrap_or_else(|e| panic!("{e}"));
-        let job = job.display().to_string();
-        let state = dir.join("state").display().to_string();
-        let out = run_child(
-            &[
-                "run",
-                &job,
-                "--state",
-                &state,
-                "--as-of",
-                "2026-06-01",
-                "--format",
-                "json",
-            ],
-            &[
-                ("PROPENSITY_PG_URL", PG_URL),
-                ("PROPENSITY_REDIS_URL", REDIS_URL),
-                ("PROPENSITY_WEBHOOK_URL", &hook),
-            ],
-        );
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let scored = report["scored"].as_u64().unwrap_or_default() as usize;
-        assert!(scored > 100, "{name}: {scored} scored");
-        let segments = report["segments"].as_array().cloned().unwrap_or_default();
-        assert!(!segments.is_empty(), "{name}: segment sizes in the report");
-        for p in report["publications"].as_array().into_iter().flatten() {
-            assert_eq!(p["status"], "published", "{name}: {p}");
-        }
-        if name == "conversion-purchase-30d" {
-            // Object listing: the pointer, the manifest and the file it names.
-            let out_dir = dir.join("out/conversion-purchase-30d");
-            let pointer: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(out_dir.join("current.json")).unwrap_or_default(),
-            )
-            .unwrap_or_default();
-            let manifest = out_dir.join(pointer["manifest"].as_str().unwrap_or_default());
-            assert!(manifest.exists(), "{}", manifest.display());
-            let held: u64 = segments
-                .iter()
-                .map(|s| s["holdout"].as_u64().unwrap_or(0))
-                .sum();
-            assert_eq!(
-                pointer["rows"].as_u64(),
-                Some((scored as u64) - held_out_rows(&report))
-            );
-            assert!(held > 0, "likely-buyers holds out 10 %");
-            continue;
-        }
-        // Files: every row (lake keeps holdout rows), the others without held-out profiles.
-        let held = held_out_rows(&report) as usize;
-        assert!(held > 0);
-        for (sink, rows) in [
-            ("parquet", scored),
-            ("csv", scored - held),
-            ("jsonl", scored - held),
-        ] {
-            let pointer: serde_json::Value = serde_json::from_slice(
-                &std::fs::read(dir.join(format!("out/publish-everywhere/{sink}/current.json")))
-                    .unwrap_or_default(),
-            )
-            .unwrap_or_default();
-            assert_eq!(pointer["rows"].as_u64(), Some(rows as u64), "{sink}");
-        }
-        rt.block_on(async {
-            // SQL.
-            let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            tokio::spawn(conn);
-            let row = client
-                .query_one(
-                    &format!("SELECT count(*), min(probability), max(probability) FROM {schema}.everywhere_scores WHERE job = $1"),
-                    &[&"publish-everywhere"],
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let n: i64 = row.get(0);
-            assert_eq!(n as usize, scored - held, "postgres rows");
-            let members: i64 = client
-                .query_one(
-                    &format!("SELECT count(*) FROM {schema}.everywhere_scores_segments WHERE job = $1 AND segment = 'likely-buyers'"),
-                    &[&"publish-everywhere"],
-                )
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-                .get(0);
-            let want = segments
-                .iter()
-                .find(|s| s["name"] == "likely-buyers")
-                .and_then(|s| s["profiles"].as_i64())
-                .unwrap_or(-1);
-            assert_eq!(members, want, "likely-buyers memberships");
-            client
-                .batch_execute(&format!("DROP TABLE {schema}.everywhere_scores, {schema}.everywhere_scores_segments"))
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            // HGETALL.
-            let client = redis::Client::open(REDIS_URL).unwrap_or_else(|e| panic!("{e}"));
-            let mut con = client
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let seen = RedisReader { prefix: prefix.into() }.read().await.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(seen.len(), scored - held, "redis profiles");
-            let version: String = redis::cmd("GET")
-                .arg(format!("{prefix}:current"))
-                .query_async(&mut con)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let id = seen.keys().next().cloned().unwrap_or_default();
-            let h: BTreeMap<String, String> = redis::cmd("HGETALL")
-                .arg(format!("{prefix}:v:{version}:profile:{id}"))
-                .query_async(&mut con)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let p: f64 = h.get("probability").and_then(|p| p.parse().ok()).unwrap_or(-1.0);
-            assert!((0.0..=1.0).contains(&p), "{h:?}");
-            cleanup_redis(&mut con, prefix).await;
-        });
-        // The receiver's log: every batch once, then the completion event.
-        let committed = receiver
-            .committed
-            .lock()
-            .map(|c| c.len())
-            .unwrap_or_default();
-        assert_eq!(committed, scored - held, "webhook profiles");
-        let log = receiver.log.lock().map(|l| l.clone()).unwrap_or_default();
-        assert_eq!(log.len(), (scored - held).div_ceil(500) + 1, "{log:?}");
-        assert!(log.last().is_some_and(|(k, _)| k.ends_with("-completed")));
+    rt.block_on(async {
+        drop_tables(
+            PG_URL,
+            "propensity",
+            ("everywhere_scores", "everywhere_scores_segments"),
+        )
+        .await;
+        clear_redis("propensity:everywhere").await;
+    });
+    let env = [
+        ("PROPENSITY_PG_URL", PG_URL),
+        ("PROPENSITY_REDIS_URL", REDIS_URL),
+        ("PROPENSITY_WEBHOOK_URL", hook.as_str()),
+    ];
+
+    let report = run_example(&dir, "conversion-purchase-30d", &[], &env);
+    // Object listing: the pointer, the manifest and the file it names.
+    let local = object_store::local::LocalFileSystem::new_with_prefix(dir.join("out"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (pointer, _) = rt.block_on(read_pointer(&local, "conversion-purchase-30d"));
+    let held = held_out_rows(&report);
+    assert!(held > 0, "likely-buyers holds out 10 %");
+    assert_eq!(
+        pointer["rows"].as_u64(),
+        Some(scored(&report) as u64 - held)
+    );
+
+    let report = run_example(&dir, "publish-everywhere", &[], &env);
+    let scored = scored(&report);
+    // Files: every row (lake keeps holdout rows), the others without held-out profiles.
+    let held = held_out_rows(&report) as usize;
+    assert!(held > 0);
+    for (sink, rows) in [
+        ("parquet", scored),
+        ("csv", scored - held),
+        ("jsonl", scored - held),
+    ] {
+        let (pointer, _) = rt.block_on(read_pointer(&local, &format!("publish-everywhere/{sink}")));
+        assert_eq!(pointer["rows"].as_u64(), Some(rows as u64), "{sink}");
     }
+    let (rows, members) = rt.block_on(read_back_postgres(
+        PG_URL,
+        "propensity",
+        ("everywhere_scores", "everywhere_scores_segments"),
+        "publish-everywhere",
+        "likely-buyers",
+    ));
+    assert_eq!(rows as usize, scored - held, "postgres rows");
+    assert_eq!(
+        members,
+        segment_size(&report, "likely-buyers"),
+        "likely-buyers memberships"
+    );
+    let (profiles, _) = rt.block_on(read_back_redis("propensity:everywhere"));
+    assert_eq!(profiles, scored - held, "redis profiles");
+    read_back_webhook(&receiver, scored - held, 500);
+}
+
+/// The role the churn and all-sinks examples connect as (`propensity`, password from
+/// `${PG_PASSWORD}`; trust authentication here), allowed to create its schema.
+async fn ensure_pg_role() {
+    let (client, conn) = tokio_postgres::connect(PG_POSTGRES_DB, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(conn);
+    for sql in [
+        "DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'propensity') THEN CREATE ROLE propensity LOGIN; END IF; END $$",
+        "GRANT CREATE ON DATABASE postgres TO propensity",
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+}
+
+/// The S3 storage tables of the examples point at `${S3_ENDPOINT}`; the test endpoint is
+/// plain HTTP, which has to be allowed explicitly.
+fn allow_http() -> (&'static str, String) {
+    (
+        "endpoint = \"${S3_ENDPOINT}\"\n",
+        "endpoint = \"${S3_ENDPOINT}\"\nallow_http = true\n".into(),
+    )
+}
+
+#[test]
+fn the_churn_example_reads_s3_and_publishes_to_postgres_and_redis() {
+    let dir = temp_dir("example-churn");
+    let rt = crate::support::runtime();
+    let s3 = rt.block_on(crate::support::start_s3("example-churn-s3"));
+    let data = crate::support::sample();
+    rt.block_on(async {
+        s3.upload(
+            "acme-events",
+            &data.join("events"),
+            "experience/date=2026-05-31",
+        )
+        .await;
+        s3.upload("acme-profiles", &data.join("profiles"), "customers")
+            .await;
+        ensure_pg_role().await;
+        drop_tables(
+            PG_POSTGRES_DB,
+            "propensity",
+            ("churn_scores", "churn_scores_segments"),
+        )
+        .await;
+        clear_redis("propensity:churn").await;
+    });
+    let report = run_example(
+        &dir,
+        "churn-no-purchase-60d",
+        &[allow_http()],
+        &[
+            ("S3_ENDPOINT", &s3.endpoint),
+            ("AWS_ACCESS_KEY_ID", &s3.key),
+            ("AWS_SECRET_ACCESS_KEY", &s3.secret),
+            ("PG_PASSWORD", "unused-with-trust-auth"),
+        ],
+    );
+    // Every event of the three files under the partition folder was read from S3.
+    let read = report["data"]["events_read"].as_u64().unwrap_or_default();
+    assert!(read > 10_000, "{}", report["data"]);
+    let scored = scored(&report);
+    let held = held_out_rows(&report) as usize;
+    assert!(held > 0, "high-churn-risk holds out 10 %");
+    assert!(
+        segment_size(&report, "lapsing-subscribers") > 0,
+        "{}",
+        report["segments"]
+    );
+    let (rows, members) = rt.block_on(read_back_postgres(
+        PG_POSTGRES_DB,
+        "propensity",
+        ("churn_scores", "churn_scores_segments"),
+        "churn-no-purchase-60d",
+        "high-churn-risk",
+    ));
+    assert_eq!(rows as usize, scored - held, "postgres rows");
+    assert_eq!(members, segment_size(&report, "high-churn-risk"));
+    let (profiles, hash) = rt.block_on(read_back_redis("propensity:churn"));
+    assert_eq!(profiles, scored - held, "redis profiles");
+    assert!(
+        hash.contains_key("factors") && hash.contains_key("bucket"),
+        "{hash:?}"
+    );
+}
+
+#[test]
+fn the_all_sinks_reference_publishes_to_every_sink() {
+    let dir = temp_dir("example-all-sinks");
+    let rt = crate::support::runtime();
+    let s3 = rt.block_on(crate::support::start_s3("example-all-sinks-s3"));
+    std::fs::create_dir_all(s3.root.join("acme-scores")).unwrap_or_else(|e| panic!("{e}"));
+    let receiver = Arc::new(Receiver::default());
+    let hook = rt.block_on(start_receiver(receiver.clone()));
+    rt.block_on(async {
+        ensure_pg_role().await;
+        drop_tables(
+            PG_POSTGRES_DB,
+            "propensity",
+            ("newsletter_scores", "newsletter_segments"),
+        )
+        .await;
+        clear_redis("propensity:newsletter").await;
+    });
+    let exports = dir.join("exports");
+    // The reference names remote hosts; the same job runs against the local services.
+    let rewrites = [
+        allow_http(),
+        (
+            "file:///var/lib/propensity/exports/",
+            format!("file://{}/", exports.display()),
+        ),
+        (
+            "@db.internal.example.com:5432/analytics",
+            "@127.0.0.1:5432/postgres".into(),
+        ),
+        (
+            "{ mode = \"verify_full\", ca_file = \"/etc/propensity/db-ca.pem\" }",
+            "{ mode = \"prefer\" }".into(),
+        ),
+        (
+            "rediss://:${REDIS_PASSWORD}@cache.internal.example.com:6380/0",
+            REDIS_URL.into(),
+        ),
+        ("https://crm.example.com/hooks/propensity", hook.clone()),
+    ];
+    let report = run_example(
+        &dir,
+        "all-sinks",
+        &rewrites,
+        &[
+            ("S3_ENDPOINT", &s3.endpoint),
+            ("AWS_ACCESS_KEY_ID", &s3.key),
+            ("AWS_SECRET_ACCESS_KEY", &s3.secret),
+            ("PG_PASSWORD", "unused-with-trust-auth"),
+            ("CRM_TOKEN", "crm-token"),
+            ("CRM_API_KEY", "crm-key"),
+            ("CRM_WEBHOOK_SECRET", "whsec_c2VjcmV0LXNpZ25pbmcta2V5"),
+        ],
+    );
+    assert_eq!(report["publications"].as_array().map(Vec::len), Some(6));
+    let scored = scored(&report);
+    let held = held_out_rows(&report) as usize;
+    assert!(held > 0, "newsletter-prospects holds out 10 %");
+    // Object listings: the lake on S3 keeps holdout rows, the exports do not.
+    let lake = object_store::aws::AmazonS3Builder::new()
+        .with_bucket_name("acme-scores")
+        .with_region("eu-central-1")
+        .with_endpoint(&s3.endpoint)
+        .with_access_key_id(&s3.key)
+        .with_secret_access_key(&s3.secret)
+        .with_allow_http(true)
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (pointer, _) = rt.block_on(read_pointer(&lake, "propensity/all-sinks"));
+    assert_eq!(pointer["rows"].as_u64(), Some(scored as u64));
+    let local = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for export in ["out/all-sinks/csv", "exports/all-sinks"] {
+        let (pointer, _) = rt.block_on(read_pointer(&local, export));
+        assert_eq!(
+            pointer["rows"].as_u64(),
+            Some((scored - held) as u64),
+            "{export}"
+        );
+    }
+    let (rows, members) = rt.block_on(read_back_postgres(
+        PG_POSTGRES_DB,
+        "propensity",
+        ("newsletter_scores", "newsletter_segments"),
+        "all-sinks",
+        "newsletter-prospects",
+    ));
+    assert_eq!(rows as usize, scored - held, "postgres rows");
+    assert_eq!(members, segment_size(&report, "newsletter-prospects"));
+    let (profiles, _) = rt.block_on(read_back_redis("propensity:newsletter"));
+    assert_eq!(profiles, scored - held, "redis profiles");
+    read_back_webhook(&receiver, scored - held, 500);
 }
 
 /// Profiles held out of any segment, from a run report's per-segment counts (the example

@@ -117,6 +117,7 @@ pub fn options(env: &[(&str, String)]) -> EngineOptions {
         target_partitions: 2,
         now: end() + chrono::Duration::days(1),
         env: Arc::new(move |k| env.get(k).cloned()),
+        plugin_dirs: Vec::new(),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod data;
 mod model;
+mod plugins;
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -160,6 +161,9 @@ pub enum Command {
         #[command(flatten)]
         state: StateDir,
     },
+    /// Goal plugins: list the ones found, or check one library.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
     /// One profile's score and reasons from the job's latest run.
     Explain {
         /// The job file.
@@ -190,6 +194,37 @@ pub enum Command {
     /// Write sample data: e-commerce events and profiles with a hidden propensity that drives
     /// future behaviour, deterministic for a seed (for the demo, tests and benchmarks).
     Generate(GenerateArgs),
+}
+
+/// `propensity plugins …`
+#[derive(Debug, Subcommand)]
+pub enum PluginsCommand {
+    /// Every goal plugin in the plugin directories (PROPENSITY_PLUGIN_PATH, then
+    /// `<state>/plugins`, then next to the executable): name, version, path, sha256 and
+    /// parameters.
+    List {
+        /// Also search `<DIR>/plugins`.
+        #[arg(long = "state", value_name = "DIR", env = "PROPENSITY_STATE")]
+        state: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
+    /// Load one plugin library as a run would (ABI version, metadata), validate parameters
+    /// with it and make an empty labelling call; prints its sha256 to pin in a job.
+    ///
+    /// Exit status: 0 when the plugin loads and accepts the parameters, 2 otherwise.
+    Check {
+        /// The library (`libmy_goal.so`, `my_goal.dll`, `libmy_goal.dylib`).
+        #[arg(value_name = "PATH")]
+        path: PathBuf,
+        /// Parameters as a JSON object, as the job's `[goal] params` would give them.
+        #[arg(long, value_name = "JSON")]
+        params: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
 }
 
 /// `--state DIR`: where the model registry and run records live.
@@ -297,6 +332,14 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             format,
         } => model::forget(&profile_ids, &jobs, &state.path, format, out),
         Command::Replay { job, state } => model::replay(&job, &state.path, out, err),
+        Command::Plugins(PluginsCommand::List { state, format }) => {
+            plugins::list(state.as_deref(), format, out, err)
+        }
+        Command::Plugins(PluginsCommand::Check {
+            path,
+            params,
+            format,
+        }) => plugins::check(&path, params.as_deref(), format, out),
         Command::Demo {
             dir,
             profiles,
@@ -402,6 +445,17 @@ fn validate(
                 hint: (e.kind() == std::io::ErrorKind::InvalidData)
                     .then(|| "job files must be UTF-8 text".to_owned()),
             }]),
+        };
+        // A plugin goal is checked by its plugin: found, pinned, ABI, parameters.
+        let result = match result {
+            Ok(job) => {
+                let text = std::fs::read_to_string(file).unwrap_or_default();
+                match plugins::validate_goal(&job, &text, file) {
+                    Some(d) => Err(vec![d]),
+                    None => Ok(job),
+                }
+            }
+            Err(d) => Err(d),
         };
         match &result {
             Ok(job) => tracing::debug!(job = %job.name, "valid"),

@@ -298,6 +298,26 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
 
     /// A URL with a scheme from `allowed`, or a local path when `allow_path`. `${NAME}`
     /// references are allowed; a password written in the URL is refused.
+    /// A source glob matches file names in one folder (the engine lists a folder and matches
+    /// each file name): `date=*/*.parquet` would match nothing, so it is refused here.
+    fn glob_in_one_folder(&mut self, text: &str, path: &KeyPath) {
+        let Some(i) = text.find(['*', '[']) else {
+            return;
+        };
+        if !text[i..].contains('/') {
+            return;
+        }
+        let folder = text[..i].rfind('/').map_or("", |j| &text[..=j]);
+        self.err(
+            path,
+            "bad-glob",
+            format!("the glob in `{text}` spans folders; a glob matches the file names of one folder"),
+            Some(format!(
+                "point at the folder instead, `{folder}`: every file of the format under it is read, including hive-style `key=value` partition folders; or glob file names only, e.g. `{folder}*.parquet`"
+            )),
+        );
+    }
+
     fn location(
         &mut self,
         text: &str,
@@ -475,6 +495,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         let ep = p.key("events");
         let e = &raw.events;
         let location = self.location(&e.uri, &ep.key("uri"), SOURCE_SCHEMES, true);
+        self.glob_in_one_folder(&e.uri, &ep.key("uri"));
         let cols = e.columns.as_ref();
         let cp = ep.key("columns");
         let mut col = |name: &str, v: Option<&String>| {
@@ -497,6 +518,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
         let profiles = raw.profiles.as_ref().and_then(|pr| {
             let pp = p.key("profiles");
             let location = self.location(&pr.uri, &pp.key("uri"), SOURCE_SCHEMES, true);
+            self.glob_in_one_folder(&pr.uri, &pp.key("uri"));
             let profile_id = self.field_path(
                 pr.profile_id.as_deref().unwrap_or("profile_id"),
                 &pp.key("profile_id"),

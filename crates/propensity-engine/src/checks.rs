@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::dataset::{CutoffCounts, CutoffPlan, LabelRule, label_counts};
+use crate::dataset::{CutoffCounts, CutoffPlan, LabelRule, Labeller, label_counts};
 use crate::events::{EventStore, MICROS_PER_DAY, ScanCounts};
 use crate::profiles::{ProfileCounts, ProfileTable};
 use crate::rfc3339;
@@ -288,7 +288,7 @@ pub fn sufficiency(
     store: &EventStore,
     profiles: &ProfileTable,
     plan: &CutoffPlan,
-    rule: LabelRule,
+    rule: Labeller<'_>,
     per_cutoff: &[CutoffCounts],
     min_positives: u32,
     min_negatives: u32,
@@ -300,7 +300,8 @@ pub fn sufficiency(
     let ok = |p: u64, n: u64| p >= u64::from(min_positives) && n >= u64::from(min_negatives);
     let sufficient = ok(pos, neg);
     let mut suggestions = Vec::new();
-    if !sufficient {
+    // A plugin labelled the job's own cutoffs and window only: other plans are not tried.
+    if let (false, Labeller::Rule(rule)) = (sufficient, rule) {
         let earliest = first_event.unwrap_or(plan.as_of).max(kept_from);
         let try_plan = |window: i64,
                         snapshots: usize,
@@ -319,7 +320,14 @@ pub fn sufficiency(
             if p.oldest().saturating_sub(active_within) < earliest || p.oldest() <= earliest {
                 return None;
             }
-            let counts = label_counts(store, profiles, &p.training, window, active_within, rule);
+            let counts = label_counts(
+                store,
+                profiles,
+                &p.training,
+                window,
+                active_within,
+                Labeller::Rule(rule),
+            );
             Some((
                 counts.iter().map(|c| c.positives).sum(),
                 counts.iter().map(|c| c.negatives).sum(),

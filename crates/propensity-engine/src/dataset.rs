@@ -117,6 +117,38 @@ impl LabelRule {
     }
 }
 
+/// Labels a goal plugin gave: for each training cutoff, one label per profile of the store
+/// (profiles not eligible at that cutoff are `false` and never read).
+#[derive(Debug, Clone, Default)]
+pub struct PluginLabels {
+    pub window: i64,
+    pub by_cutoff: std::collections::HashMap<i64, Vec<bool>>,
+}
+
+/// Where a profile's label at a cutoff comes from: the built-in rule over the goal flags, or
+/// the labels a plugin gave for the job's own cutoffs and window.
+#[derive(Debug, Clone, Copy)]
+pub enum Labeller<'a> {
+    Rule(LabelRule),
+    Plugin(&'a PluginLabels),
+}
+
+impl Labeller<'_> {
+    pub fn label(&self, store: &EventStore, p: usize, c: i64, window: i64) -> bool {
+        match self {
+            Labeller::Rule(r) => r.label(store, p, c, window),
+            Labeller::Plugin(l) => {
+                window == l.window
+                    && l.by_cutoff
+                        .get(&c)
+                        .and_then(|v| v.get(p))
+                        .copied()
+                        .unwrap_or(false)
+            }
+        }
+    }
+}
+
 /// Whether profile `p` is scored (or trained on) at cutoff `c`.
 pub fn eligible(
     store: &EventStore,
@@ -300,7 +332,7 @@ pub fn label_counts(
     cutoffs: &[i64],
     window: i64,
     active_within: i64,
-    rule: LabelRule,
+    rule: Labeller<'_>,
 ) -> Vec<CutoffCounts> {
     let parts = par_chunks(store.profiles(), |range| {
         let mut c = vec![
@@ -350,7 +382,7 @@ pub fn build(
     profiles: &ProfileTable,
     spec: &FeatureSpec,
     plan: &CutoffPlan,
-    rule: LabelRule,
+    rule: Labeller<'_>,
 ) -> Dataset {
     let width = spec.len();
     let mut cutoffs: Vec<(i64, bool)> = plan.training.iter().map(|c| (*c, true)).collect();

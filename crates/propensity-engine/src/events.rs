@@ -132,12 +132,43 @@ struct Projection {
     custom: usize,
     nums: usize,
     coercions: Vec<String>,
+    /// Event fields a goal plugin reads, last in `exprs`.
+    extras: usize,
+}
+
+/// An event field a goal plugin reads, and the type it is handed over in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtraField {
+    pub path: String,
+    pub data_type: DataType,
+}
+
+impl ExtraField {
+    /// The Arrow type the host sends for a plugin's field request.
+    pub fn from_request(r: &propensity_plugin::FieldRequest) -> Self {
+        let data_type = match r.kind {
+            propensity_plugin::FieldKind::Number => DataType::Float64,
+            propensity_plugin::FieldKind::Time => {
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()))
+            }
+            propensity_plugin::FieldKind::Text => DataType::Utf8,
+        };
+        Self {
+            path: r.path.clone(),
+            data_type,
+        }
+    }
 }
 
 /// Resolves the job's fields against the events schema and builds the projection. Every
 /// problem (a missing column, a type that cannot work, a predicate over a missing field) is
 /// collected, so one run reports them all.
-fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, EngineError> {
+fn project(
+    job: &Job,
+    frame: &DataFrame,
+    display: &str,
+    extra: &[ExtraField],
+) -> Result<Projection, EngineError> {
     let schema = frame.schema().as_arrow().clone();
     let cols = &job.events.columns;
     let mut errors: Vec<String> = Vec::new();
@@ -278,6 +309,22 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
             }
         }
     }
+    let mut extras = Vec::new();
+    for f in extra {
+        let resolved = propensity_core::FieldPath::parse(&f.path)
+            .ok_or_else(|| format!("`{}` is not a field path", f.path))
+            .and_then(|p| fields(&p));
+        match resolved {
+            Ok(r) => extras.push(try_cast(r.expr, f.data_type.clone())),
+            Err(m) => {
+                errors.push(format!("goal plugin field `{}`: {m}", f.path));
+                extras.push(try_cast(
+                    lit(datafusion::scalar::ScalarValue::Null),
+                    f.data_type.clone(),
+                ));
+            }
+        }
+    }
     if !errors.is_empty() {
         let mut msg = format!("the events in `{display}` do not fit the job:");
         for e in &errors {
@@ -325,6 +372,8 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
                 .and(try_cast(c.raw, DataType::Float64).is_null()),
         );
     }
+    let n_extras = extras.len();
+    exprs.extend(extras);
     let exprs = exprs
         .into_iter()
         .enumerate()
@@ -336,6 +385,7 @@ fn project(job: &Job, frame: &DataFrame, display: &str) -> Result<Projection, En
         custom: n_custom,
         nums: n_nums,
         coercions,
+        extras: n_extras,
     })
 }
 
@@ -380,6 +430,8 @@ struct Raw {
     etype: Vec<u32>,
     flags: Vec<u32>,
     nums: Vec<f32>,
+    /// Per extra field, the kept events' values (in raw order), batch by batch.
+    extras: Vec<Vec<ArrayRef>>,
 }
 
 /// Scans the events once and returns the grouped store and what the scan saw.
@@ -388,8 +440,9 @@ pub async fn scan(
     frame: DataFrame,
     display: &str,
     range: ScanRange,
-) -> Result<(EventStore, ScanCounts), EngineError> {
-    let proj = project(job, &frame, display)?;
+    extra: &[ExtraField],
+) -> Result<(EventStore, ScanCounts, Vec<ArrayRef>), EngineError> {
+    let proj = project(job, &frame, display, extra)?;
     let frame = frame.select(proj.exprs.clone()).map_err(|e| {
         EngineError::internal(format!("events projection: {}", crate::df_message(&e)))
     })?;
@@ -405,8 +458,12 @@ pub async fn scan(
     let mut type_counts: Vec<u64> = Vec::new();
     let mut coercion_counts = vec![(0u64, 0u64); proj.coercions.len()];
     let (mut first, mut last) = (i64::MAX, i64::MIN);
-    let mut raw = Raw::default();
+    let mut raw = Raw {
+        extras: vec![Vec::new(); proj.extras],
+        ..Raw::default()
+    };
     let nn = proj.nums;
+    let mut kept: Vec<u32> = Vec::new();
     let mut ts_buf: Vec<Option<i64>> = Vec::new();
 
     while let Some(batch) = stream.next().await {
@@ -424,6 +481,8 @@ pub async fn scan(
             .map(|j| col(5 + proj.custom + j).as_primitive::<Float64Type>())
             .collect();
         let bad_start = 5 + proj.custom + nn;
+        let extra_start = bad_start + 2 * proj.coercions.len();
+        kept.clear();
         timestamps(col(1), &proj.ts_type, fmt, &mut ts_buf)?;
         // Conversion checks count every row, valid or not, so the fraction is honest.
         for (j, c) in coercion_counts.iter_mut().enumerate() {
@@ -487,6 +546,9 @@ pub async fn scan(
             for (j, c) in custom.iter().enumerate() {
                 flags |= u32::from(c.value(i)) << (j + 1);
             }
+            if proj.extras > 0 {
+                kept.push(i as u32);
+            }
             raw.pid.push(p);
             raw.ts.push(t);
             raw.etype.push(code);
@@ -499,7 +561,33 @@ pub async fn scan(
                 });
             }
         }
+        if !kept.is_empty() {
+            let idx = arrow::array::UInt32Array::from(std::mem::take(&mut kept));
+            for (j, parts) in raw.extras.iter_mut().enumerate() {
+                parts.push(
+                    arrow::compute::take(col(extra_start + j).as_ref(), &idx, None)
+                        .map_err(|e| EngineError::internal(format!("plugin fields: {e}")))?,
+                );
+            }
+        }
     }
+    let extras = if proj.extras == 0 {
+        Vec::new()
+    } else {
+        raw.extras
+            .iter()
+            .zip(extra)
+            .map(|(parts, f)| {
+                let parts: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                if parts.is_empty() {
+                    Ok(arrow::array::new_empty_array(&f.data_type))
+                } else {
+                    arrow::compute::concat(&parts)
+                }
+            })
+            .collect::<Result<Vec<ArrayRef>, _>>()
+            .map_err(|e| EngineError::internal(format!("plugin fields: {e}")))?
+    };
     if first <= last {
         counts.first_event = Some(crate::rfc3339(first));
         counts.last_event = Some(crate::rfc3339(last));
@@ -534,10 +622,21 @@ pub async fn scan(
         .iter()
         .map(|&o| std::mem::take(&mut profile_ids[o as usize]))
         .collect();
-    let store = group(raw, sorted, type_names, nn, &mut counts);
+    let (store, order) = group(raw, sorted, type_names, nn, &extras, &mut counts);
     counts.events_kept = store.events() as u64;
     counts.profiles = store.profiles() as u64;
-    Ok((store, counts))
+    // The plugin fields in the store's order.
+    let extras = if extras.is_empty() {
+        extras
+    } else {
+        let idx = arrow::array::UInt32Array::from(order);
+        extras
+            .iter()
+            .map(|a| arrow::compute::take(a.as_ref(), &idx, None))
+            .collect::<Result<Vec<ArrayRef>, _>>()
+            .map_err(|e| EngineError::internal(format!("plugin fields: {e}")))?
+    };
+    Ok((store, counts, extras))
 }
 
 /// Converts the timestamp column to microseconds (UTC); `None` where null or unparseable
@@ -674,13 +773,35 @@ pub fn parse_time(s: &str, fmt: TimestampFormat) -> Option<i64> {
 
 /// Groups raw events by profile (a counting sort), sorts each profile's events by time and
 /// removes exact duplicates.
+/// Groups the raw events by profile, in time order, without exact duplicates. Also returns,
+/// when there are `extras` (plugin fields, in raw order), the raw index of each stored event.
 fn group(
     raw: Raw,
     profile_ids: Vec<String>,
     type_names: Vec<String>,
     nn: usize,
+    extras: &[ArrayRef],
     counts: &mut ScanCounts,
-) -> EventStore {
+) -> (EventStore, Vec<u32>) {
+    // Two events are duplicates only if the plugin fields agree too.
+    let extra_rows = if extras.is_empty() {
+        None
+    } else {
+        let conv = arrow::row::RowConverter::new(
+            extras
+                .iter()
+                .map(|a| arrow::row::SortField::new(a.data_type().clone()))
+                .collect(),
+        )
+        .ok();
+        conv.and_then(|c| c.convert_columns(extras).ok())
+    };
+    let same_extra = |a: u32, b: u32| {
+        extra_rows
+            .as_ref()
+            .is_none_or(|r| r.row(a as usize) == r.row(b as usize))
+    };
+    let mut src: Vec<u32> = Vec::new();
     let np = profile_ids.len();
     let mut offsets = vec![0usize; np + 1];
     for &p in &raw.pid {
@@ -735,11 +856,15 @@ fn group(
             if let Some(q) = prev
                 && key(q) == key(i)
                 && same_nums(q, i)
+                && same_extra(q, i)
             {
                 counts.duplicate_events += 1;
                 continue;
             }
             prev = Some(i);
+            if !extras.is_empty() {
+                src.push(i);
+            }
             let i = i as usize;
             store.ts.push(raw.ts[i]);
             store.etype.push(raw.etype[i]);
@@ -750,5 +875,5 @@ fn group(
         }
         store.offsets.push(store.ts.len());
     }
-    store
+    (store, src)
 }

@@ -198,6 +198,11 @@ impl FeatureSpec {
         let mut attrs = Vec::new();
         let mut skipped = Vec::new();
         for (j, a) in profiles.attributes.iter().enumerate() {
+            // An attribute named in `features.exclude` gives no feature at all (all of its
+            // one-hot columns), e.g. a status that changes only after the outcome.
+            if cfg.exclude.contains(&a.name) {
+                continue;
+            }
             match &a.values {
                 AttrValues::Numeric(_) => attrs.push(AttrFeature::Numeric(j)),
                 AttrValues::Time(_) => attrs.push(AttrFeature::DaysSince(j)),
@@ -262,7 +267,10 @@ impl FeatureSpec {
         let mut unknown: Vec<String> = cfg
             .exclude
             .iter()
-            .filter(|e| !all.iter().any(|f| &f.name == *e))
+            .filter(|e| {
+                !all.iter().any(|f| &f.name == *e)
+                    && !profiles.attributes.iter().any(|a| &a.name == *e)
+            })
             .cloned()
             .collect();
         unknown.sort();
@@ -775,6 +783,7 @@ fn type_words(t: &str) -> (String, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::profiles::Attribute;
     use proptest::prelude::*;
 
     fn spec_for(store: &EventStore) -> FeatureSpec {
@@ -862,6 +871,58 @@ mod tests {
         assert_eq!(
             f("event_count_trend_30d").as_deref(),
             Some("Change in events, last 30 days vs the 30 days before")
+        );
+    }
+
+    #[test]
+    fn an_excluded_attribute_gives_no_feature_and_no_warning() {
+        let st = store(&[(0, 0, 0, 1.0)]);
+        let categorical = |name: &str| Attribute {
+            name: name.into(),
+            values: AttrValues::Categorical {
+                codes: vec![0],
+                values: vec!["active".into(), "cancelled".into()],
+            },
+        };
+        let profiles = ProfileTable {
+            attributes: vec![categorical("customer_status"), categorical("plan")],
+            include: vec![true],
+            exclude: vec![false],
+            ..Default::default()
+        };
+        let mut cfg = FeatureConfig {
+            lookback_secs: 90 * 86_400,
+            windows_secs: vec![30 * 86_400],
+            top_event_types: 3,
+            custom_events: vec![],
+            numeric_fields: vec![],
+            exclude: vec![],
+        };
+        let names = |cfg: &FeatureConfig| {
+            FeatureSpec::new(cfg, &st, &profiles)
+                .catalogue
+                .features
+                .iter()
+                .map(|f| f.name.clone())
+                .filter(|n| n.starts_with("attr_"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&cfg),
+            [
+                "attr_customer_status_active",
+                "attr_customer_status_cancelled",
+                "attr_plan_active",
+                "attr_plan_cancelled"
+            ]
+        );
+        cfg.exclude = vec!["customer_status".into(), "attr_plan_active".into()];
+        assert_eq!(names(&cfg), ["attr_plan_cancelled"]);
+        let spec = FeatureSpec::new(&cfg, &st, &profiles);
+        assert!(
+            spec.catalogue.unknown_excludes.is_empty(),
+            "{:?}",
+            spec.catalogue.unknown_excludes
         );
     }
 

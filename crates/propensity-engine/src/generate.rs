@@ -5,11 +5,16 @@
 //! session ends in a purchase; the propensity drifts over time, and some profiles churn
 //! (their activity nearly stops, after a rise in support tickets). Events follow the nested
 //! shape of Adobe XDM exports: `identityMap.ECID`, `timestamp`, `eventType`, `channel`,
-//! `commerce.order.priceTotal`. The output is deterministic for a seed and an end time.
+//! `commerce.order.priceTotal`. A share of the profiles subscribes (monthly or annual):
+//! each renewal is an event carrying the new expiry in `subscription.expiresAt`, and a
+//! subscription lapses when a churned profile stops renewing. Opted-in profiles sign up to the
+//! newsletter once (`newsletter.signup`). The output is deterministic for a seed and an end
+//! time.
 //!
 //! ```text
 //! <out>/events/part-00000.parquet …   (or .ndjson) row groups of `row_group_size` events
-//! <out>/profiles/profiles.parquet     profile_id, country, loyalty_tier, signup_channel, email_opt_in, signup_date
+//! <out>/profiles/profiles.parquet     profile_id, country, loyalty_tier, signup_channel, email_opt_in,
+//!                                     signup_date, plan, customer_status
 //! <out>/truth/truth.parquet           profile_id, latent, purchase_propensity_30d, churn_date
 //! ```
 
@@ -92,6 +97,9 @@ const TYPES: &[&str] = &[
     "directMarketing.emailClicked",
     "support.ticketOpened",
     "test.ping",
+    "subscription.renewed",
+    "subscription.autoRenewed",
+    "newsletter.signup",
 ];
 const PAGE: u8 = 0;
 const PRODUCT: u8 = 1;
@@ -102,6 +110,9 @@ const OPEN: u8 = 5;
 const CLICK: u8 = 6;
 const TICKET: u8 = 7;
 const PING: u8 = 8;
+const RENEWED: u8 = 9;
+const AUTO_RENEWED: u8 = 10;
+const NEWSLETTER: u8 = 11;
 const CHANNELS: &[&str] = &["web", "mobile", "email"];
 
 const COUNTRIES: &[(&str, f64)] = &[
@@ -131,6 +142,8 @@ struct Event {
     kind: u8,
     channel: u8,
     price: Option<f64>,
+    /// `subscription.expiresAt` of a renewal.
+    expires: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,6 +157,10 @@ struct Profile {
     latent: f64,
     p30: f64,
     churn_day: Option<i32>,
+    /// `none`, `monthly` or `annual` (`none` again after a lapse).
+    plan: &'static str,
+    /// `cancelled` when the profile churned more than 90 days before the end, else `active`.
+    status: &'static str,
     events: Vec<Event>,
 }
 
@@ -226,6 +243,7 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
                 kind: PING,
                 channel: 0,
                 price: None,
+                expires: None,
             });
         }
     } else {
@@ -251,6 +269,7 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
                         kind,
                         channel,
                         price,
+                        expires: None,
                     });
                     ts += rng.random_range(5_000_000..240_000_000);
                 };
@@ -304,6 +323,7 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
                         kind: OPEN,
                         channel: 2,
                         price: None,
+                        expires: None,
                     });
                     if rng.random::<f64>() < 0.3 {
                         events.push(Event {
@@ -311,6 +331,7 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
                             kind: CLICK,
                             channel: 2,
                             price: None,
+                            expires: None,
                         });
                     }
                 }
@@ -318,6 +339,25 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
             }
         }
     }
+    let plan = if synthetic {
+        "none"
+    } else {
+        subscribe_and_sign_up(
+            seed,
+            i,
+            latent,
+            signup_day,
+            churn_day,
+            opt_in,
+            days_i,
+            start,
+            &mut events,
+        )
+    };
+    let status = match churn_day {
+        Some(c) if c < days_i - 90 => "cancelled",
+        _ => "active",
+    };
     events.sort_by_key(|e| e.ts);
     // The truth: the chance of at least one purchase in the 30 days after `end`.
     let end_day = f64::from(days_i);
@@ -336,8 +376,78 @@ fn simulate(seed: u64, i: usize, days: u32, start: i64, scale: f64) -> Profile {
         latent,
         p30,
         churn_day,
+        plan,
+        status,
         events,
     }
+}
+
+/// Subscriptions and newsletter sign-ups, drawn from a random stream of their own so that
+/// the other events of a profile do not depend on them. Returns the plan at the end.
+#[allow(clippy::too_many_arguments)]
+fn subscribe_and_sign_up(
+    seed: u64,
+    i: usize,
+    latent: f64,
+    signup_day: i32,
+    churn_day: Option<i32>,
+    opt_in: bool,
+    days: i32,
+    start: i64,
+    events: &mut Vec<Event>,
+) -> &'static str {
+    let mut rng = profile_rng(seed ^ 0x5ab5_c41b_e000_0001, i);
+    let end = f64::from(days);
+    let at = |day: f64, rng: &mut ChaCha8Rng| {
+        start + (day * MICROS_PER_DAY as f64) as i64 + rng.random_range(0..3_600_000_000i64)
+    };
+    if opt_in {
+        // The newsletter sign-up, a few days after the first visit.
+        let day = f64::from(signup_day.max(0)) - 12.0 * (1.0 - rng.random::<f64>()).ln();
+        if day < end {
+            let ts = at(day, &mut rng);
+            events.push(Event {
+                ts,
+                kind: NEWSLETTER,
+                channel: 0,
+                price: None,
+                expires: None,
+            });
+        }
+    }
+    if rng.random::<f64>() >= sigmoid(-0.9 + 0.6 * latent) {
+        return "none";
+    }
+    let annual = rng.random::<f64>() < 0.3;
+    let period = if annual { 365.0 } else { 30.0 };
+    let auto = rng.random::<f64>() < 0.7;
+    // The start of the current term: at the first visit, or earlier for older customers.
+    let mut day = if signup_day >= 0 {
+        f64::from(signup_day) + rng.random_range(0.0..20.0)
+    } else {
+        -rng.random_range(0.0..period)
+    };
+    while day < end {
+        // Churned profiles stop renewing; others lapse now and then.
+        if churn_day.is_some_and(|c| day >= f64::from(c)) || rng.random::<f64>() < 0.03 {
+            return "none";
+        }
+        if day >= 0.0 {
+            let ts = at(day, &mut rng);
+            let expires = ts + (period * MICROS_PER_DAY as f64) as i64;
+            let kind = if auto { AUTO_RENEWED } else { RENEWED };
+            events.push(Event {
+                ts,
+                kind,
+                channel: 0,
+                price: None,
+                expires: Some(expires),
+            });
+        }
+        // Renewed a few days before the term ends.
+        day += period - rng.random_range(0.0..3.0);
+    }
+    if annual { "annual" } else { "monthly" }
 }
 
 /// Writes sample data under `opts.out` (replacing the `events`, `profiles` and `truth`
@@ -440,7 +550,20 @@ pub fn event_schema() -> SchemaRef {
         Field::new("eventType", DataType::Utf8, false),
         Field::new("channel", DataType::Utf8, false),
         Field::new("commerce", DataType::Struct(commerce), false),
+        Field::new(
+            "subscription",
+            DataType::Struct(subscription_fields()),
+            false,
+        ),
     ]))
+}
+
+fn subscription_fields() -> Fields {
+    Fields::from(vec![Field::new(
+        "expiresAt",
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        true,
+    )])
 }
 
 struct EventWriter<'a> {
@@ -452,6 +575,7 @@ struct EventWriter<'a> {
     kinds: Vec<&'static str>,
     channels: Vec<&'static str>,
     prices: Vec<Option<f64>>,
+    expires: Vec<Option<i64>>,
     file_rows: usize,
     files: usize,
     parquet: Option<ArrowWriter<fs::File>>,
@@ -469,6 +593,7 @@ impl<'a> EventWriter<'a> {
             kinds: Vec::new(),
             channels: Vec::new(),
             prices: Vec::new(),
+            expires: Vec::new(),
             file_rows: 0,
             files: 0,
             parquet: None,
@@ -483,6 +608,7 @@ impl<'a> EventWriter<'a> {
             self.kinds.push(TYPES[e.kind as usize]);
             self.channels.push(CHANNELS[e.channel as usize]);
             self.prices.push(e.price);
+            self.expires.push(e.expires);
             if self.ids.len()
                 >= self
                     .opts
@@ -510,6 +636,14 @@ impl<'a> EventWriter<'a> {
             Arc::new(Field::new("order", DataType::Struct(order_fields), false)),
             Arc::new(price) as ArrayRef,
         )]);
+        let subscription = StructArray::new(
+            subscription_fields(),
+            vec![Arc::new(
+                TimestampMicrosecondArray::from(std::mem::take(&mut self.expires))
+                    .with_timezone("UTC"),
+            ) as ArrayRef],
+            None,
+        );
         let cols: Vec<ArrayRef> = vec![
             Arc::new(identity),
             Arc::new(
@@ -518,6 +652,7 @@ impl<'a> EventWriter<'a> {
             Arc::new(StringArray::from(std::mem::take(&mut self.kinds))),
             Arc::new(StringArray::from(std::mem::take(&mut self.channels))),
             Arc::new(commerce),
+            Arc::new(subscription),
         ];
         debug_assert!(cols.iter().all(|c| c.len() == n));
         RecordBatch::try_new(self.schema.clone(), cols).map_err(|e| e.to_string())
@@ -594,6 +729,8 @@ fn write_profiles(out: &Path, profiles: &[Profile], start: i64) -> Result<(), St
         Field::new("signup_channel", DataType::Utf8, false),
         Field::new("email_opt_in", DataType::Boolean, false),
         Field::new("signup_date", DataType::Date32, false),
+        Field::new("plan", DataType::Utf8, false),
+        Field::new("customer_status", DataType::Utf8, false),
     ]));
     let ids = || StringArray::from_iter_values(profiles.iter().map(|p| p.id.as_str()));
     let batch = RecordBatch::try_new(
@@ -617,6 +754,12 @@ fn write_profiles(out: &Path, profiles: &[Profile], start: i64) -> Result<(), St
                     .iter()
                     .map(|p| day0 + p.signup_day)
                     .collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                profiles.iter().map(|p| p.plan),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                profiles.iter().map(|p| p.status),
             )),
         ],
     )

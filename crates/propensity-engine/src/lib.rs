@@ -34,6 +34,7 @@ pub mod dataset;
 pub mod events;
 pub mod features;
 pub mod generate;
+pub mod plugin;
 pub mod profiles;
 pub mod segments;
 pub mod source;
@@ -48,7 +49,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use propensity_core::{Domain, EngineSpec, Job};
 
 pub use checks::DataCheckReport;
-pub use dataset::{CutoffPlan, Dataset, LabelRule, Snapshot};
+pub use dataset::{CutoffPlan, Dataset, LabelRule, Labeller, PluginLabels, Snapshot};
 pub use events::EventStore;
 pub use features::{Catalogue, FeatureConfig, FeatureDef, FeatureSpec};
 pub use profiles::ProfileTable;
@@ -137,6 +138,8 @@ pub struct EngineOptions {
     /// Events later than this (plus a minute of clock skew) are "in the future".
     pub now: DateTime<Utc>,
     pub env: EnvLookup,
+    /// Where goal plugins named by a job are looked for, in order.
+    pub plugin_dirs: Vec<PathBuf>,
 }
 
 impl std::fmt::Debug for EngineOptions {
@@ -146,6 +149,7 @@ impl std::fmt::Debug for EngineOptions {
             .field("spill_dir", &self.spill_dir)
             .field("target_partitions", &self.target_partitions)
             .field("now", &self.now)
+            .field("plugin_dirs", &self.plugin_dirs)
             .finish_non_exhaustive()
     }
 }
@@ -164,6 +168,10 @@ impl EngineOptions {
                 target_partitions: *target_partitions as usize,
                 now: Utc::now(),
                 env: Arc::new(|k| std::env::var(k).ok()),
+                plugin_dirs: propensity_plugin::host::search_path(
+                    std::env::var("PROPENSITY_PLUGIN_PATH").ok().as_deref(),
+                    None,
+                ),
             }),
             EngineSpec::Ballista { .. } => Err(EngineError::user(
                 "engine: the Ballista engine is not part of this build; use the embedded engine",
@@ -199,6 +207,8 @@ pub struct Loaded {
     pub features: FeatureSpec,
     /// Seconds per stage, for the run report.
     pub timings: Vec<(&'static str, f64)>,
+    /// For a plugin goal: the labels the plugin gave at each training cutoff.
+    pub plugin_labels: Option<PluginLabels>,
 }
 
 impl Engine {
@@ -280,16 +290,20 @@ impl Engine {
         job_dir: &Path,
         as_of: DateTime<Utc>,
     ) -> Result<Loaded, EngineError> {
-        let Some(rule) = LabelRule::from_job(job) else {
-            let propensity_core::Goal::Plugin(p) = &job.goal else {
-                return Err(EngineError::internal("goal without a rule"));
-            };
-            return Err(EngineError::user(format!(
-                "goal: plugin goals (`{}`) are labelled by the plugin loader, which this build does not include yet",
-                p.plugin
-            )));
-        };
         let mut timings = Vec::new();
+        let t = Instant::now();
+        let goal_plugin = match &job.goal {
+            propensity_core::Goal::Plugin(g) => Some(plugin::GoalPlugin::resolve(
+                g,
+                job_dir,
+                &self.opts.plugin_dirs,
+            )?),
+            propensity_core::Goal::Conditions(_) => None,
+        };
+        let extra_fields = goal_plugin
+            .as_ref()
+            .map(plugin::GoalPlugin::fields)
+            .unwrap_or_default();
         let as_of_us = as_of.timestamp_micros();
         let plan = CutoffPlan::from_job(job, as_of_us);
         // Keep enough history for the dry-run suggestions too (twice the snapshots and the
@@ -302,13 +316,19 @@ impl Engine {
             plan.lookback,
             plan.active_within * 2,
         );
-        let keep_from = plan.needed_from().min(wide.needed_from());
+        let plugin_from = plan
+            .oldest()
+            .saturating_sub(goal_plugin.as_ref().map_or(0, plugin::GoalPlugin::lookback));
+        let keep_from = plan.needed_from().min(wide.needed_from()).min(plugin_from);
         let range = events::ScanRange {
             keep_from,
             keep_until: as_of_us,
             now: self.opts.now.timestamp_micros() + 60_000_000,
         };
 
+        if goal_plugin.is_some() {
+            timings.push(("plugin", t.elapsed().as_secs_f64()));
+        }
         let t = Instant::now();
         let src = source::open(
             &self.ctx,
@@ -321,7 +341,8 @@ impl Engine {
         )
         .await?;
         tracing::info!(job = %job.name, source = %src.display, files = src.files, "reading events");
-        let (store, counts) = events::scan(job, src.frame, &src.display, range).await?;
+        let (store, counts, extras) =
+            events::scan(job, src.frame, &src.display, range, &extra_fields).await?;
         timings.push(("events", t.elapsed().as_secs_f64()));
         tracing::info!(job = %job.name, rows = counts.rows_read, kept = counts.events_kept, profiles = counts.profiles, seconds = t.elapsed().as_secs_f64(), "events read");
 
@@ -363,6 +384,21 @@ impl Engine {
         let mut cutoff_rows = Vec::new();
         let mut scoring_eligible = 0;
         let mut sufficiency = None;
+        let plugin_labels = match (&goal_plugin, problems.is_empty()) {
+            (Some(gp), true) => {
+                let t = Instant::now();
+                let labels = gp.label(&store, &extras, &profiles, &plan)?;
+                tracing::info!(job = %job.name, plugin = %gp.plugin.metadata().name, cutoffs = plan.training.len(), seconds = t.elapsed().as_secs_f64(), "labelled by the goal plugin");
+                Some(labels)
+            }
+            _ => None,
+        };
+        let rule = match (&plugin_labels, LabelRule::from_job(job)) {
+            (Some(l), _) => Labeller::Plugin(l),
+            (None, Some(r)) => Labeller::Rule(r),
+            // A plugin goal whose data failed the checks: nothing is labelled.
+            (None, None) => Labeller::Plugin(&NO_LABELS),
+        };
         if problems.is_empty() {
             let mut cuts = plan.training.clone();
             cuts.push(plan.as_of);
@@ -460,9 +496,13 @@ impl Engine {
             report,
             features: spec,
             timings,
+            plugin_labels,
         })
     }
 }
+
+static NO_LABELS: std::sync::LazyLock<PluginLabels> =
+    std::sync::LazyLock::new(PluginLabels::default);
 
 fn parse_rfc3339(s: &str) -> Option<i64> {
     DateTime::parse_from_rfc3339(s)
@@ -474,8 +514,15 @@ impl Loaded {
     /// Feature rows and labels of every training cutoff and the scoring cutoff, in one pass.
     pub fn dataset(&self) -> Result<Dataset, EngineError> {
         let spec = &self.features;
-        let rule = LabelRule::from_job(&self.job)
-            .ok_or_else(|| EngineError::internal("plugin goal reached the built-in labeller"))?;
+        let rule = match (&self.plugin_labels, LabelRule::from_job(&self.job)) {
+            (Some(l), _) => Labeller::Plugin(l),
+            (None, Some(r)) => Labeller::Rule(r),
+            (None, None) => {
+                return Err(EngineError::internal(
+                    "a plugin goal without plugin labels reached the dataset",
+                ));
+            }
+        };
         let t = Instant::now();
         let d = dataset::build(&self.store, &self.profiles, spec, &self.plan, rule);
         tracing::info!(

@@ -392,6 +392,8 @@ pub fn run(
     let stage = Stage::begin(progress, &mut timings, "load", None);
     let mut engine_opts = EngineOptions::from_job(job, job_dir)?;
     engine_opts.env = opts.env.clone();
+    engine_opts.plugin_dirs =
+        propensity_engine::plugin::plugin_dirs(&opts.env, Some(&opts.state_dir));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

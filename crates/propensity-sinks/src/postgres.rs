@@ -71,8 +71,8 @@
 //! the job, after it the new ones, never a mix. A reader that wants one consistent view of
 //! both tables reads them in one `REPEATABLE READ` transaction (or one statement).
 //!
-//! A publication already recorded for `(<table>, job)` with the same row count is
-//! [`Status::Unchanged`]: nothing is written. (The row count is compared too because the id
+//! A publication already recorded for `(<table>, job)` with the same row count, whose rows
+//! the scores table still holds, is [`Status::Unchanged`]: nothing is written. (The row count is compared too because the id
 //! names the whole score table, holdout rows included, while a sink may publish without them.)
 //!
 //! # TLS
@@ -434,9 +434,12 @@ impl PostgresSink {
         client: &impl tokio_postgres::GenericClient,
         job: &str,
     ) -> Result<Option<(String, i64)>, SinkError> {
+        // The record counts only while the scores table still holds that publication's rows:
+        // a table dropped or truncated by hand is published again, not reported unchanged.
         let sql = format!(
-            "SELECT publication, rows FROM {} WHERE sink_table = $1 AND job = $2",
-            self.q_publications
+            "SELECT p.publication, p.rows FROM {} p WHERE p.sink_table = $1 AND p.job = $2 \
+             AND EXISTS (SELECT 1 FROM {} s WHERE s.job = p.job AND s.publication = p.publication)",
+            self.q_publications, self.q_scores
         );
         let row = client
             .query_opt(&sql, &[&self.table, &job])
@@ -1440,6 +1443,13 @@ mod tests {
         assert_eq!(again.status, Status::Unchanged);
         assert_eq!(again.rows, 2);
         assert_eq!(read(versions).await, before, "no row was rewritten");
+        // A table emptied (or dropped) by hand is not "unchanged": its rows come back.
+        client
+            .batch_execute(&format!("TRUNCATE {}.profile_scores", ident(&schema)))
+            .await
+            .unwrap();
+        assert_eq!(s.publish(&p).await.unwrap().status, Status::Published);
+        assert_eq!(scores(&client, &schema).await.len(), 2);
         drop_schema(&client, &schema).await;
     }
 
