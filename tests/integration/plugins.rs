@@ -530,6 +530,15 @@ fn the_template_builds_from_scratch_loads_and_labels() {
 /// Labels per (cutoff, profile) of a job over the sample data, loaded by the engine with the
 /// built plugins in its plugin directories.
 fn labels_of(goal: &str) -> std::collections::BTreeMap<(i64, String), u8> {
+    labels_and_store(goal).0
+}
+
+fn labels_and_store(
+    goal: &str,
+) -> (
+    std::collections::BTreeMap<(i64, String), u8>,
+    propensity_engine::events::EventStore,
+) {
     let data = crate::support::sample();
     let text = format!(
         r#"
@@ -576,7 +585,39 @@ uri = "unused/"
             );
         }
     }
-    out
+    (out, loaded.store)
+}
+
+#[test]
+fn a_plugin_with_a_lookback_gets_the_events_before_the_window_and_only_those() {
+    // `lookback` mode: true when an event came before the window. The host sends the events
+    // of [cutoff - 10d, cutoff + window): the label must be "an event in [cutoff - 10d,
+    // cutoff)", computed here from the store, for every profile and cutoff.
+    let faulty = library("faulty_goal");
+    let (labels, store) = labels_and_store(&format!(
+        "type = \"plugin\"\nplugin = \"{}\"\nwindow = \"30d\"\nparams = {{ mode = \"lookback\" }}",
+        faulty.display()
+    ));
+    let lookback = 10 * DAY;
+    let index: std::collections::HashMap<&str, usize> = store
+        .profile_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let (mut yes, mut no) = (0, 0);
+    for ((cutoff, id), label) in &labels {
+        let p = index[id.as_str()];
+        let ts = &store.ts[store.range(p)];
+        let want = ts.iter().any(|&t| t >= cutoff - lookback && t < *cutoff);
+        assert_eq!(*label == 1, want, "profile {id} at {cutoff}");
+        if want { yes += 1 } else { no += 1 }
+    }
+    // Eligibility (90 days) is wider than the lookback: both answers occur.
+    assert!(
+        yes > 50 && no > 50,
+        "{yes} with and {no} without events in the lookback"
+    );
 }
 
 #[test]

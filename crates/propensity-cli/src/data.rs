@@ -86,7 +86,8 @@ pub fn dry_run(
 ) -> Result<i32, CliError> {
     let (job, dir) = load_job(job_path, err)?;
     let as_of = as_of.unwrap_or_else(Utc::now);
-    let opts = EngineOptions::from_job(&job, &dir).map_err(engine_error)?;
+    let mut opts = EngineOptions::from_job(&job, &dir).map_err(engine_error)?;
+    opts.plugin_dirs = crate::plugins::dirs(None);
     let rt = runtime()?;
     let loaded = rt.block_on(async {
         let engine = Engine::new(opts)?;
@@ -134,7 +135,8 @@ pub fn features(
         job.model.snapshots = k.min(52);
     }
     let as_of = as_of.unwrap_or_else(Utc::now);
-    let opts = EngineOptions::from_job(&job, &dir).map_err(engine_error)?;
+    let mut opts = EngineOptions::from_job(&job, &dir).map_err(engine_error)?;
+    opts.plugin_dirs = crate::plugins::dirs(None);
     let rt = runtime()?;
     let loaded = rt
         .block_on(async { Engine::new(opts)?.load(&job, &dir, as_of).await })

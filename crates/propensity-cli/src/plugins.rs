@@ -12,10 +12,16 @@ use serde_json::json;
 
 use crate::{CliError, OutputFormat, io_error, user};
 
-/// The plugin directories this process searches (`--state` adds `<state>/plugins`).
+/// The plugin directories, as `run` searches them: `<state>/plugins` with the state
+/// directory given, else the one `run` defaults to (`PROPENSITY_STATE`, else `.propensity`).
 pub fn dirs(state: Option<&Path>) -> Vec<PathBuf> {
     let env: propensity_engine::EnvLookup = std::sync::Arc::new(|k| std::env::var(k).ok());
-    plugin_dirs(&env, state)
+    let state = state.map(Path::to_path_buf).unwrap_or_else(|| {
+        std::env::var_os("PROPENSITY_STATE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(".propensity"))
+    });
+    plugin_dirs(&env, Some(&state))
 }
 
 fn params_line(m: &Metadata) -> String {
@@ -47,7 +53,7 @@ fn describe(p: &Plugin) -> serde_json::Value {
         "description": m.description,
         "path": p.path().display().to_string(),
         "sha256": p.sha256(),
-        "abi_version": propensity_plugin::ABI_VERSION,
+        "abi_version": p.abi_version(),
         "sdk_version": m.sdk_version,
         "params": m.params,
     })
@@ -157,7 +163,7 @@ pub fn check(
         },
     };
     let checked = plugin.validate(&params);
-    // An empty call exercises the labelling entry point end to end.
+    // A labelling call on a synthetic profile exercises the entry point end to end.
     let empty_call = match &checked {
         Ok(v) => {
             let fields = v
@@ -165,7 +171,7 @@ pub fn check(
                 .iter()
                 .map(propensity_engine::events::ExtraField::from_request)
                 .collect::<Vec<_>>();
-            empty_label_call(&plugin, &params, &fields).map_err(|e| e.message)
+            label_one_profile(&plugin, &params, &fields).map_err(|e| e.message)
         }
         Err(_) => Ok(()),
     };
@@ -199,7 +205,7 @@ pub fn check(
                     m.description,
                     plugin.path().display(),
                     plugin.sha256(),
-                    propensity_plugin::ABI_VERSION,
+                    plugin.abi_version(),
                     propensity_plugin::ABI_VERSION,
                     params_line(m)
                 ),
@@ -233,7 +239,7 @@ pub fn check(
     })
 }
 
-fn empty_label_call(
+fn label_one_profile(
     plugin: &Plugin,
     params: &serde_json::Map<String, serde_json::Value>,
     fields: &[propensity_engine::events::ExtraField],
@@ -241,6 +247,13 @@ fn empty_label_call(
     use arrow::array::{ArrayRef, StringArray, StructArray, TimestampMicrosecondArray};
     use arrow::datatypes::{DataType, Field, TimeUnit};
     use std::sync::Arc;
+    // One profile with one event in the window, every requested field null: the plugin's
+    // labelling code runs and its answer goes through the host's checks.
+    const DAY: i64 = 86_400_000_000;
+    let window = Window {
+        start: 20_000 * DAY,
+        end: 20_030 * DAY,
+    };
     let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     let mut cols: Vec<(Arc<Field>, ArrayRef)> = vec![
         (
@@ -249,7 +262,7 @@ fn empty_label_call(
                 DataType::Utf8,
                 false,
             )),
-            Arc::new(StringArray::from(Vec::<&str>::new())),
+            Arc::new(StringArray::from(vec!["check-profile"])),
         ),
         (
             Arc::new(Field::new(
@@ -257,7 +270,9 @@ fn empty_label_call(
                 time,
                 false,
             )),
-            Arc::new(TimestampMicrosecondArray::from(Vec::<i64>::new()).with_timezone("UTC")),
+            Arc::new(
+                TimestampMicrosecondArray::from(vec![window.start + DAY]).with_timezone("UTC"),
+            ),
         ),
         (
             Arc::new(Field::new(
@@ -265,22 +280,22 @@ fn empty_label_call(
                 DataType::Utf8,
                 false,
             )),
-            Arc::new(StringArray::from(Vec::<&str>::new())),
+            Arc::new(StringArray::from(vec!["check.event"])),
         ),
     ];
     for f in fields {
         cols.push((
             Arc::new(Field::new(&f.path, f.data_type.clone(), true)),
-            arrow::array::new_empty_array(&f.data_type),
+            arrow::array::new_null_array(&f.data_type, 1),
         ));
     }
     let labels = plugin.label(
         params,
-        &StringArray::from(Vec::<&str>::new()),
+        &StringArray::from(vec!["check-profile"]),
         &StructArray::from(cols),
-        Window { start: 0, end: 1 },
+        window,
     )?;
-    debug_assert!(labels.is_empty());
+    debug_assert_eq!(labels.len(), 1);
     Ok(())
 }
 

@@ -622,7 +622,7 @@ pub async fn scan(
         .iter()
         .map(|&o| std::mem::take(&mut profile_ids[o as usize]))
         .collect();
-    let (store, order) = group(raw, sorted, type_names, nn, &extras, &mut counts);
+    let (store, order) = group(raw, sorted, type_names, nn, &extras, &mut counts)?;
     counts.events_kept = store.events() as u64;
     counts.profiles = store.profiles() as u64;
     // The plugin fields in the store's order.
@@ -782,8 +782,9 @@ fn group(
     nn: usize,
     extras: &[ArrayRef],
     counts: &mut ScanCounts,
-) -> (EventStore, Vec<u32>) {
-    // Two events are duplicates only if the plugin fields agree too.
+) -> Result<(EventStore, Vec<u32>), EngineError> {
+    // The plugin fields as comparable rows: they order events that tie on everything else
+    // (so the order does not depend on how partitions arrived) and tell duplicates apart.
     let extra_rows = if extras.is_empty() {
         None
     } else {
@@ -793,14 +794,16 @@ fn group(
                 .map(|a| arrow::row::SortField::new(a.data_type().clone()))
                 .collect(),
         )
-        .ok();
-        conv.and_then(|c| c.convert_columns(extras).ok())
+        .and_then(|c| c.convert_columns(extras))
+        .map_err(|e| EngineError::internal(format!("plugin fields: {e}")))?;
+        Some(conv)
     };
-    let same_extra = |a: u32, b: u32| {
-        extra_rows
-            .as_ref()
-            .is_none_or(|r| r.row(a as usize) == r.row(b as usize))
+    let extra_cmp = |a: u32, b: u32| {
+        extra_rows.as_ref().map_or(std::cmp::Ordering::Equal, |r| {
+            r.row(a as usize).cmp(&r.row(b as usize))
+        })
     };
+    let same_extra = |a: u32, b: u32| extra_cmp(a, b) == std::cmp::Ordering::Equal;
     let mut src: Vec<u32> = Vec::new();
     let np = profile_ids.len();
     let mut offsets = vec![0usize; np + 1];
@@ -849,6 +852,7 @@ fn group(
                 x.iter()
                     .map(|v| v.to_bits())
                     .cmp(y.iter().map(|v| v.to_bits()))
+                    .then_with(|| extra_cmp(a, b))
             })
         });
         let mut prev: Option<u32> = None;
@@ -875,5 +879,5 @@ fn group(
         }
         store.offsets.push(store.ts.len());
     }
-    (store, src)
+    Ok((store, src))
 }

@@ -73,6 +73,19 @@ impl GoalPlugin {
             }
             out
         })?;
+        // Each requested field becomes a column next to the three the host always sends.
+        let mut seen = vec![columns::PROFILE_ID, columns::TIMESTAMP, columns::EVENT_TYPE];
+        for f in &validated.fields {
+            if seen.contains(&f.path.as_str()) {
+                return Err(EngineError::user(format!(
+                    "goal.plugin: plugin `{}` asks for the event field `{}` twice, or under the name of a column it always gets",
+                    plugin.metadata().name,
+                    f.path
+                ))
+                .hint("this is a bug in the plugin's `fields()`"));
+            }
+            seen.push(&f.path);
+        }
         Ok(Self {
             plugin,
             params: goal.params.clone(),
@@ -173,15 +186,14 @@ impl GoalPlugin {
                     .plugin
                     .label(&self.params, &ids, &events, window)
                     .map_err(|e| {
-                        let mut out = EngineError::user(format!(
+                        EngineError::user(format!(
                             "goal: labelling the cutoff {}: {}",
                             crate::rfc3339(c),
                             e.message
-                        ));
-                        if let Some(h) = e.hint {
-                            out = out.hint(h);
-                        }
-                        out
+                        ))
+                        .hint(e.hint.unwrap_or_else(|| {
+                            "the run stopped before anything was published; fix the plugin or its params".into()
+                        }))
                     })?;
                 for (&p, l) in chunk.iter().zip(got) {
                     labels[p] = l;

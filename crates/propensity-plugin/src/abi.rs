@@ -68,8 +68,12 @@ pub struct Outcome {
     pub message: Bytes,
 }
 
-/// The input of one `label` call. The host fills it; the plugin takes the four Arrow
-/// structures out (leaving released, empty ones behind).
+/// The input of one `label` call. The host fills it; the plugin moves the two arrays out
+/// (leaving released, empty ones behind) and releases them; the host releases the two
+/// schemas, and any array the plugin left, when the call returns.
+///
+/// The output slots are empty when the call starts. The host takes ownership of whatever
+/// the plugin wrote there, whatever the status: a plugin never releases its own output.
 #[repr(C)]
 #[derive(Debug)]
 pub struct LabelInput {
@@ -90,7 +94,7 @@ pub struct LabelInput {
 #[derive(Debug, Clone, Copy)]
 pub struct PluginV1 {
     /// Metadata as JSON ([`crate::Metadata`]).
-    pub metadata: extern "C" fn() -> Outcome,
+    pub metadata: unsafe extern "C" fn() -> Outcome,
     /// Checks parameters (a JSON object of `len` bytes); answers [`Validated`] as JSON.
     pub validate: unsafe extern "C" fn(params: *const u8, len: usize) -> Outcome,
     /// Labels a batch: reads `input`, writes a struct array (`profile_id`, `label`) to
@@ -154,7 +158,7 @@ unsafe fn params_bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
-extern "C" fn metadata<G: Goal>() -> Outcome {
+unsafe extern "C" fn metadata<G: Goal>() -> Outcome {
     guard(|| serde_json::to_vec(&G::metadata()).map_err(|e| e.to_string()))
 }
 
@@ -245,6 +249,13 @@ macro_rules! export_goal {
     };
     // Another version: for the host's own tests of the version check only.
     ($goal:ty, abi_version = $version:expr) => {
+        // A panic must unwind to the entry point's guard: with `panic = "abort"` it would
+        // abort the host process instead of becoming an error message.
+        #[cfg(panic = "abort")]
+        compile_error!(
+            "a Propensity goal plugin must be built with panic = \"unwind\" (the default): remove `panic = \"abort\"` from the profile"
+        );
+
         /// The plugin ABI version this library was built for; read by the host first.
         #[unsafe(no_mangle)]
         pub extern "C" fn propensity_plugin_abi_version() -> u32 {

@@ -91,14 +91,17 @@ pub fn search_path(env_value: Option<&str>, state_dir: Option<&Path>) -> Vec<Pat
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))
     {
-        dirs.push(exe_dir.join("plugins"));
-        // Test binaries live in `target/<profile>/deps`; the libraries one level up.
-        if exe_dir.file_name().is_some_and(|n| n == "deps")
-            && let Some(up) = exe_dir.parent()
-        {
-            dirs.push(up.to_path_buf());
+        // Test binaries live in `target/<profile>/deps`, next to every proc-macro library of
+        // the build: search one level up, never `deps` itself.
+        if exe_dir.file_name().is_some_and(|n| n == "deps") {
+            if let Some(up) = exe_dir.parent() {
+                dirs.push(up.join("plugins"));
+                dirs.push(up.to_path_buf());
+            }
+        } else {
+            dirs.push(exe_dir.join("plugins"));
+            dirs.push(exe_dir);
         }
-        dirs.push(exe_dir);
     }
     let mut seen = Vec::new();
     dirs.retain(|d| {
@@ -171,6 +174,7 @@ pub struct Plugin {
 struct Inner {
     path: PathBuf,
     sha256: String,
+    abi_version: u32,
     metadata: Metadata,
     entry: PluginV1,
 }
@@ -200,7 +204,12 @@ impl Plugin {
         let canonical = path
             .canonicalize()
             .map_err(|e| PluginError::new(format!("plugin library `{shown}`: {e}")))?;
-        let sha256 = sha256_file(&canonical)?;
+        let bytes = std::fs::read(&canonical)
+            .map_err(|e| PluginError::new(format!("cannot read `{shown}`: {e}")))?;
+        let sha256: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         if let Some(pin) = pin
             && !pin.eq_ignore_ascii_case(&sha256)
         {
@@ -224,15 +233,14 @@ impl Plugin {
             ))
             .hint("restart the process to use the new build"));
         }
-        // SAFETY: loading a library runs its initialisers. The file is the one the job named
-        // and, when pinned, the build the job trusts (hash checked above); plugins are built
-        // with the SDK, whose libraries have no initialisers of their own.
-        let lib = unsafe { libloading::Library::new(&canonical) }.map_err(|e| {
+        // The bytes hashed are the bytes loaded: a private copy named by its hash, so a file
+        // replaced between the check and the load (or overwritten in place later) changes
+        // nothing in this process.
+        let private = private_copy(&canonical, &sha256, &bytes)?;
+        let lib = open(&private).map_err(|e| {
             PluginError::new(format!("cannot load plugin library `{shown}`: {e}"))
                 .hint("a goal plugin is a `cdylib` built for this platform with the propensity-plugin SDK")
         })?;
-        // Never unloaded: the plugin's code releases the arrays and messages it made.
-        let lib: &'static libloading::Library = Box::leak(Box::new(lib));
         // SAFETY: the symbol, when present, is the SDK's `extern "C" fn() -> u32`; the name
         // is reserved for it.
         let version: libloading::Symbol<'static, extern "C" fn() -> u32> =
@@ -259,7 +267,8 @@ impl Plugin {
                 ))
             })?;
         let entry = entry();
-        let json = call(&shown, (entry.metadata)(), entry.free_bytes)?;
+        // SAFETY: an entry of the table the library exported for this ABI version.
+        let json = call(&shown, unsafe { (entry.metadata)() }, entry.free_bytes)?;
         let metadata: Metadata = serde_json::from_slice(&json).map_err(|e| {
             PluginError::new(format!(
                 "plugin library `{shown}`: unreadable metadata: {e}"
@@ -269,6 +278,7 @@ impl Plugin {
             inner: Arc::new(Inner {
                 path: canonical.clone(),
                 sha256,
+                abi_version: v,
                 metadata,
                 entry,
             }),
@@ -284,6 +294,10 @@ impl Plugin {
     /// The sha256 of the library file, lower-case hex.
     pub fn sha256(&self) -> &str {
         &self.inner.sha256
+    }
+    /// The ABI version the library reported.
+    pub fn abi_version(&self) -> u32 {
+        self.inner.abi_version
     }
     /// What the plugin says about itself.
     pub fn metadata(&self) -> &Metadata {
@@ -322,6 +336,13 @@ impl Plugin {
         events: &StructArray,
         window: Window,
     ) -> Result<Vec<bool>, PluginError> {
+        let mut seen = std::collections::HashSet::with_capacity(profiles.len());
+        if let Some(i) = (0..profiles.len()).find(|&i| !seen.insert(profiles.value(i))) {
+            return Err(PluginError::new(format!(
+                "profile `{}` is listed twice in one labelling call",
+                profiles.value(i)
+            )));
+        }
         let json = serde_json::to_vec(params).map_err(|e| PluginError::new(e.to_string()))?;
         let export = |d: &arrow_data::ArrayData, what: &str| {
             to_ffi(d).map_err(|e| PluginError::new(format!("exporting the {what}: {e}")))
@@ -350,9 +371,34 @@ impl Plugin {
             )
         };
         call(&self.who(), out, self.inner.entry.free_bytes)?;
-        // SAFETY: on success the plugin wrote a C Data Interface array and its schema.
-        let data = unsafe { from_ffi(out_array, &out_schema) }
-            .map_err(|e| PluginError::new(format!("{}: unreadable labels: {e}", self.who())))?;
+        if out_array.is_released() {
+            return Err(PluginError::new(format!(
+                "{} reported success but returned no labels",
+                self.who()
+            )));
+        }
+        // The answer is checked before it is used: a malformed array from a plugin written
+        // without the SDK must be an error, not undefined behaviour or a panic here.
+        let imported = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: the plugin wrote a C Data Interface array and its schema into the
+            // slots (checked not released above); `from_ffi` takes ownership.
+            unsafe { from_ffi(out_array, &out_schema) }.and_then(|d| d.validate_full().map(|()| d))
+        }));
+        let data = match imported {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                return Err(PluginError::new(format!(
+                    "{}: unreadable labels: {e}",
+                    self.who()
+                )));
+            }
+            Err(_) => {
+                return Err(PluginError::new(format!(
+                    "{}: malformed labels (the array does not match its schema)",
+                    self.who()
+                )));
+            }
+        };
         let labels = make_array(data);
         let labels = labels
             .as_any()
@@ -400,6 +446,61 @@ impl Plugin {
     }
 }
 
+/// Writes `bytes` (hashing to `sha256`) to a private folder, once, and returns that file: the
+/// library loaded is then exactly the one hashed.
+fn private_copy(original: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, PluginError> {
+    let dir = std::env::temp_dir().join(format!("propensity-plugins-{}", user_tag()));
+    let name = original
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| library_file_name("plugin"));
+    let path = dir.join(format!("{}-{name}", &sha256[..16]));
+    let fail = |e: std::io::Error| {
+        PluginError::new(format!(
+            "cannot stage plugin library `{}` in {}: {e}",
+            original.display(),
+            dir.display()
+        ))
+    };
+    if path.is_file() && sha256_file(&path).ok().as_deref() == Some(sha256) {
+        return Ok(path);
+    }
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    // Written under a unique name, then renamed: a concurrent process never loads half.
+    let tmp = dir.join(format!(".{}-{}.tmp", std::process::id(), &sha256[..16]));
+    std::fs::write(&tmp, bytes).map_err(fail)?;
+    std::fs::rename(&tmp, &path).map_err(fail)?;
+    Ok(path)
+}
+
+/// Separates users sharing a temp folder (one user's copies are not another's to load).
+fn user_tag() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .unwrap_or_else(|_| "user".into())
+}
+
+/// Loads a library, resolving every symbol now (a missing one fails the load, not a later
+/// call in the middle of a run). Never unloaded: the plugin's code releases the arrays and
+/// messages it made.
+fn open(path: &Path) -> Result<&'static libloading::Library, libloading::Error> {
+    // SAFETY: loading a library runs its initialisers (Rust's std and the plugin's
+    // dependencies have some): it runs code the user chose to trust, by the job's sha256
+    // pin or by putting the library in a plugin directory.
+    #[cfg(unix)]
+    let lib: libloading::Library = unsafe {
+        libloading::os::unix::Library::open(
+            Some(path),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_LOCAL,
+        )
+    }?
+    .into();
+    // SAFETY: as above.
+    #[cfg(not(unix))]
+    let lib = unsafe { libloading::Library::new(path) }?;
+    Ok(Box::leak(Box::new(lib)))
+}
+
 /// Reads an entry point's outcome and gives its message back to the plugin.
 fn call(
     who: &str,
@@ -425,7 +526,7 @@ fn call(
             "{who} panicked: {}",
             String::from_utf8_lossy(&bytes)
         ))
-        .hint("this is a bug in the plugin; the run stopped before anything was published")),
+        .hint("this is a bug in the plugin")),
         s => Err(PluginError::new(format!("{who}: unknown status {s}"))),
     }
 }

@@ -22,7 +22,17 @@ use propensity_plugin::{
 };
 
 /// The modes, as a job writes them in `params.mode`.
-pub const MODES: &[&str] = &["ok", "panic", "wrong_length", "unknown_profile", "segfault"];
+pub const MODES: &[&str] = &[
+    "ok",
+    "lookback",
+    "panic",
+    "wrong_length",
+    "unknown_profile",
+    "segfault",
+];
+
+/// The history the `lookback` mode asks for.
+pub const LOOKBACK_MICROS: i64 = 10 * 86_400_000_000;
 
 /// The profile id the `unknown_profile` mode labels in place of the first profile.
 pub const UNKNOWN_PROFILE: &str = "no-such-profile";
@@ -32,6 +42,9 @@ pub const UNKNOWN_PROFILE: &str = "no-such-profile";
 pub enum Mode {
     /// Labels correctly.
     Ok,
+    /// Asks for [`LOOKBACK_MICROS`] of history; true when an event came before the window
+    /// (for the host's test that the lookback events arrive, and only those).
+    Lookback,
     /// Panics while labelling.
     Panic,
     /// Returns labels for only the first half of the profiles.
@@ -91,7 +104,7 @@ impl Goal for FaultyGoal {
             ParamSpec::new(
                 "mode",
                 ParamKind::String,
-                "ok, panic, wrong_length, unknown_profile or segfault",
+                "ok, lookback, panic, wrong_length, unknown_profile or segfault",
             )
             .required(),
         )
@@ -103,6 +116,7 @@ impl Goal for FaultyGoal {
             .ok_or("params.mode: missing; it is required")?;
         let mode = match mode.as_str() {
             "ok" => Mode::Ok,
+            "lookback" => Mode::Lookback,
             "panic" => Mode::Panic,
             "wrong_length" => Mode::WrongLength,
             "unknown_profile" => Mode::UnknownProfile,
@@ -118,16 +132,27 @@ impl Goal for FaultyGoal {
         Ok(Self { mode })
     }
 
-    fn label(&self, profile: &ProfileEvents<'_>, _window: Window) -> Result<bool, String> {
+    fn lookback_micros(&self) -> i64 {
+        if self.mode == Mode::Lookback {
+            LOOKBACK_MICROS
+        } else {
+            0
+        }
+    }
+
+    fn label(&self, profile: &ProfileEvents<'_>, window: Window) -> Result<bool, String> {
         if self.mode == Mode::Segfault {
             crash();
+        }
+        if self.mode == Mode::Lookback {
+            return Ok((0..profile.len()).any(|i| profile.timestamp(i) < window.start));
         }
         Ok((0..profile.len()).any(|i| profile.in_window(i)))
     }
 
     fn label_batch(&self, batch: &Batch) -> Result<Labels, String> {
         match self.mode {
-            Mode::Ok | Mode::Segfault => self.labels(batch, |_, p| p.id()),
+            Mode::Ok | Mode::Lookback | Mode::Segfault => self.labels(batch, |_, p| p.id()),
             Mode::Panic => panic!("faulty_goal: deliberate panic"),
             Mode::WrongLength => {
                 let half = batch.len() / 2;

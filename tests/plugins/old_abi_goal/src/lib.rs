@@ -1,6 +1,7 @@
-//! `old_abi_goal`: a test fixture, not a goal type. A minimal, valid goal exported with ABI
-//! version 0, so that the host's version check has a library built for another ABI to
-//! refuse (before calling anything but `propensity_plugin_abi_version`).
+//! `old_abi_goal`: a test fixture, not a goal type. A goal exported with ABI version 0, so
+//! that the host's version check has a library built for another ABI to refuse. Every entry
+//! point but `propensity_plugin_abi_version` aborts the process: a host that called one
+//! before checking the version would kill the test that loads this library.
 
 #![warn(missing_docs)]
 
@@ -12,19 +13,16 @@ pub struct OldAbi;
 
 impl Goal for OldAbi {
     fn metadata() -> Metadata {
-        Metadata::new(
-            "old_abi_goal",
-            env!("CARGO_PKG_VERSION"),
-            "Test fixture: a valid goal exported for ABI version 0",
-        )
+        // Reached only through `metadata`, `validate` or `label`: never by a correct host.
+        std::process::abort()
     }
 
     fn new(_params: &Params) -> Result<Self, String> {
-        Ok(Self)
+        std::process::abort()
     }
 
-    fn label(&self, profile: &ProfileEvents<'_>, _window: Window) -> Result<bool, String> {
-        Ok((0..profile.len()).any(|i| profile.in_window(i)))
+    fn label(&self, _profile: &ProfileEvents<'_>, _window: Window) -> Result<bool, String> {
+        std::process::abort()
     }
 }
 
@@ -38,7 +36,5 @@ mod tests {
     fn exports_abi_version_zero() {
         assert_eq!(propensity_plugin_abi_version(), 0);
         assert_ne!(propensity_plugin::ABI_VERSION, 0);
-        assert_eq!(OldAbi::metadata().name, "old_abi_goal");
-        assert!(propensity_plugin::build::<OldAbi>(b"{}").is_ok());
     }
 }
