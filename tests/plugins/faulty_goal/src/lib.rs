@@ -242,7 +242,7 @@ mod tests {
         let e = build::<FaultyGoal>(br#"{"mode": "explode"}"#).expect_err("unknown mode");
         assert_eq!(
             e,
-            "params.mode: unknown mode `explode`; expected one of `ok`, `panic`, \
+            "params.mode: unknown mode `explode`; expected one of `ok`, `lookback`, `panic`, \
              `wrong_length`, `unknown_profile`, `segfault`"
         );
         let e = build::<FaultyGoal>(b"{}").expect_err("missing");
