@@ -23,7 +23,28 @@ use std::sync::Arc;
 use arrow_array::{ArrayRef, Float64Array, StringArray, StructArray, TimestampMicrosecondArray};
 use arrow_schema::{DataType, Field, TimeUnit};
 
-use crate::{Batch, Window, columns};
+use crate::{Batch, Goal, Labels, Window, columns};
+
+/// The ids `goal` labels `true` in `batch`, in order, after checking that it labels every
+/// profile once (what the host checks). Panics on an error: a test helper.
+pub fn positives<G: Goal>(goal: &G, batch: &Batch) -> Vec<String> {
+    let labels = match goal.label_batch(batch) {
+        Ok(l) => l,
+        Err(e) => panic!("labelling failed: {e}"),
+    };
+    let pairs = match Labels::from_struct(&labels.into_struct()) {
+        Ok(p) => p,
+        Err(e) => panic!("unreadable labels: {e}"),
+    };
+    let ids: Vec<&str> = batch.profiles().map(|p| p.id()).collect();
+    let got: Vec<&str> = pairs.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(got, ids, "one label per profile, in order");
+    pairs
+        .into_iter()
+        .filter(|(_, l)| *l)
+        .map(|(id, _)| id)
+        .collect()
+}
 
 #[derive(Debug, Clone)]
 enum Values {

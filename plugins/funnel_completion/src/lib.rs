@@ -134,8 +134,8 @@ propensity_plugin::export_goal!(FunnelCompletion);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use propensity_plugin::testing::BatchBuilder;
-    use propensity_plugin::{Batch, Labels, build};
+    use propensity_plugin::testing::{BatchBuilder, positives};
+    use propensity_plugin::{Batch, build};
 
     const MIN: i64 = 60_000_000;
     const HOUR: i64 = 60 * MIN;
@@ -170,16 +170,6 @@ mod tests {
             }
         }
         b.build()
-    }
-
-    fn positives(g: &FunnelCompletion, b: &Batch) -> Vec<String> {
-        let l =
-            Labels::from_struct(&g.label_batch(b).expect("labels").into_struct()).expect("struct");
-        assert_eq!(l.len(), b.len());
-        l.into_iter()
-            .filter(|(_, x)| *x)
-            .map(|(id, _)| id)
-            .collect()
     }
 
     #[test]

@@ -159,8 +159,8 @@ propensity_plugin::export_goal!(SpendThreshold);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use propensity_plugin::testing::BatchBuilder;
-    use propensity_plugin::{Batch, Labels, build};
+    use propensity_plugin::testing::{BatchBuilder, positives};
+    use propensity_plugin::{Batch, build};
 
     const DAY: i64 = 86_400_000_000;
     const W: Window = Window {
@@ -172,16 +172,6 @@ mod tests {
 
     fn goal(json: &str) -> SpendThreshold {
         build::<SpendThreshold>(json.as_bytes()).expect("valid params")
-    }
-
-    fn positives(g: &SpendThreshold, b: &Batch) -> Vec<String> {
-        let l =
-            Labels::from_struct(&g.label_batch(b).expect("labels").into_struct()).expect("struct");
-        assert_eq!(l.len(), b.len());
-        l.into_iter()
-            .filter(|(_, x)| *x)
-            .map(|(id, _)| id)
-            .collect()
     }
 
     /// One profile per entry, with purchases of these amounts on consecutive days.

@@ -188,8 +188,8 @@ propensity_plugin::export_goal!(SubscriptionLapse);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use propensity_plugin::testing::BatchBuilder;
-    use propensity_plugin::{Batch, Labels, build};
+    use propensity_plugin::testing::{BatchBuilder, positives};
+    use propensity_plugin::{Batch, build};
 
     const DAY: i64 = 86_400_000_000;
     const EXP: &str = "subscription.expiresAt";
@@ -215,16 +215,6 @@ mod tests {
             }
         }
         b.build()
-    }
-
-    fn positives(g: &SubscriptionLapse, b: &Batch) -> Vec<String> {
-        let l =
-            Labels::from_struct(&g.label_batch(b).expect("labels").into_struct()).expect("struct");
-        assert_eq!(l.len(), b.len());
-        l.into_iter()
-            .filter(|(_, x)| *x)
-            .map(|(id, _)| id)
-            .collect()
     }
 
     #[test]
