@@ -654,3 +654,23 @@ fn a_plugin_gives_exactly_the_labels_of_the_equivalent_built_in_goal() {
     assert!(positives > 20, "{positives}");
     assert_eq!(plugin, built_in);
 }
+
+#[test]
+fn a_requested_field_of_the_wrong_type_is_a_clear_error() {
+    // The order total is a number; the subscription-lapse plugin would read it as an expiry.
+    let dir = temp_dir("plugin-field-type");
+    let job = plugin_job(
+        &dir,
+        "plugin = \"subscription_lapse\"\nparams = { expiry_field = \"commerce.order.priceTotal\" }",
+    );
+    let out = run_in_process(&job, &dir.join("state"));
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(
+            "goal plugin field `commerce.order.priceTotal`: the field is a number, but the plugin reads it as a time"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.join("out").join("current.json").exists());
+}

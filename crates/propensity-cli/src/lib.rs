@@ -211,7 +211,7 @@ pub enum PluginsCommand {
         format: OutputFormat,
     },
     /// Load one plugin library as a run would (ABI version, metadata), validate parameters
-    /// with it and make an empty labelling call; prints its sha256 to pin in a job.
+    /// with it and label one synthetic profile; prints its sha256 to pin in a job.
     ///
     /// Exit status: 0 when the plugin loads and accepts the parameters, 2 otherwise.
     Check {

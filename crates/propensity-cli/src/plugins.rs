@@ -136,7 +136,7 @@ pub fn list(
 }
 
 /// `propensity plugins check PATH`: loads one library the way a run would, validates
-/// `params` with it, and makes an empty labelling call.
+/// `params` with it, and labels one synthetic profile.
 pub fn check(
     path: &Path,
     params: Option<&str>,

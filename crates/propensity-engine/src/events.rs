@@ -314,8 +314,44 @@ fn project(
         let resolved = propensity_core::FieldPath::parse(&f.path)
             .ok_or_else(|| format!("`{}` is not a field path", f.path))
             .and_then(|p| fields(&p));
+        // The casts the host makes: numbers from numbers or numeric text, times from
+        // timestamps, dates or RFC 3339 text, text from anything. Nothing else is guessed (an
+        // integer is not read as an epoch time).
+        let fits = |t: &DataType| {
+            *t == DataType::Null
+                || match &f.data_type {
+                    DataType::Float64 => is_numeric(t) || is_string(t),
+                    DataType::Timestamp(..) => {
+                        is_string(t)
+                            || matches!(
+                                t,
+                                DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+                            )
+                    }
+                    _ => !matches!(
+                        t,
+                        DataType::Struct(_) | DataType::List(_) | DataType::Map(..)
+                    ),
+                }
+        };
         match resolved {
-            Ok(r) => extras.push(try_cast(r.expr, f.data_type.clone())),
+            Ok(r) if fits(&r.data_type) => extras.push(try_cast(r.expr, f.data_type.clone())),
+            Ok(r) => {
+                let want = match &f.data_type {
+                    DataType::Float64 => "a number",
+                    DataType::Timestamp(..) => "a time (a timestamp, a date or RFC 3339 text)",
+                    _ => "text",
+                };
+                errors.push(format!(
+                    "goal plugin field `{}`: the field is a {}, but the plugin reads it as {want}",
+                    f.path,
+                    type_name(&r.data_type)
+                ));
+                extras.push(try_cast(
+                    lit(datafusion::scalar::ScalarValue::Null),
+                    f.data_type.clone(),
+                ));
+            }
             Err(m) => {
                 errors.push(format!("goal plugin field `{}`: {m}", f.path));
                 extras.push(try_cast(
