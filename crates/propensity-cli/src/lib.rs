@@ -433,8 +433,9 @@ fn validate(
     for file in &files {
         let shown = file.display().to_string();
         let _span = tracing::info_span!("validate", file = %shown).entered();
-        let result = match std::fs::read_to_string(file) {
-            Ok(text) => propensity_config::load_str(&text, &shown),
+        let text = std::fs::read_to_string(file);
+        let result = match &text {
+            Ok(text) => propensity_config::load_str(text, &shown),
             Err(e) => Err(vec![Diagnostic {
                 file: shown.clone(),
                 line: 1,
@@ -449,8 +450,8 @@ fn validate(
         // A plugin goal is checked by its plugin: found, pinned, ABI, parameters.
         let result = match result {
             Ok(job) => {
-                let text = std::fs::read_to_string(file).unwrap_or_default();
-                match plugins::validate_goal(&job, &text, file) {
+                let text = text.as_deref().unwrap_or_default();
+                match plugins::validate_goal(&job, text, file) {
                     Some(d) => Err(vec![d]),
                     None => Ok(job),
                 }

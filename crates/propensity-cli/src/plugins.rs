@@ -245,7 +245,7 @@ fn label_one_profile(
     fields: &[propensity_engine::events::ExtraField],
 ) -> Result<(), host::PluginError> {
     use arrow::array::{ArrayRef, StringArray, StructArray, TimestampMicrosecondArray};
-    use arrow::datatypes::{DataType, Field, TimeUnit};
+    use arrow::datatypes::Field;
     use std::sync::Arc;
     // One profile with one event in the window, every requested field null: the plugin's
     // labelling code runs and its answer goes through the host's checks.
@@ -254,35 +254,16 @@ fn label_one_profile(
         start: 20_000 * DAY,
         end: 20_030 * DAY,
     };
-    let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-    let mut cols: Vec<(Arc<Field>, ArrayRef)> = vec![
-        (
-            Arc::new(Field::new(
-                propensity_plugin::columns::PROFILE_ID,
-                DataType::Utf8,
-                false,
-            )),
-            Arc::new(StringArray::from(vec!["check-profile"])),
-        ),
-        (
-            Arc::new(Field::new(
-                propensity_plugin::columns::TIMESTAMP,
-                time,
-                false,
-            )),
-            Arc::new(
-                TimestampMicrosecondArray::from(vec![window.start + DAY]).with_timezone("UTC"),
-            ),
-        ),
-        (
-            Arc::new(Field::new(
-                propensity_plugin::columns::EVENT_TYPE,
-                DataType::Utf8,
-                false,
-            )),
-            Arc::new(StringArray::from(vec!["check.event"])),
-        ),
+    let base: [ArrayRef; 3] = [
+        Arc::new(StringArray::from(vec!["check-profile"])),
+        Arc::new(TimestampMicrosecondArray::from(vec![window.start + DAY]).with_timezone("UTC")),
+        Arc::new(StringArray::from(vec!["check.event"])),
     ];
+    let mut cols: Vec<(Arc<Field>, ArrayRef)> = propensity_plugin::columns::base_fields()
+        .into_iter()
+        .map(Arc::new)
+        .zip(base)
+        .collect();
     for f in fields {
         cols.push((
             Arc::new(Field::new(&f.path, f.data_type.clone(), true)),

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, StringArray, StructArray, TimestampMicrosecondArray, UInt32Array};
-use arrow::datatypes::{DataType, Field, TimeUnit};
+use arrow::datatypes::Field;
 use propensity_core::PluginGoal;
 use propensity_plugin::host::{self, Plugin, PluginError};
 use propensity_plugin::{Validated, Window, columns};
@@ -38,8 +38,9 @@ pub struct GoalPlugin {
     pub validated: Validated,
 }
 
-fn user(e: PluginError) -> EngineError {
-    let mut out = EngineError::user(format!("goal.plugin: {}", e.message));
+/// A plugin error as a user error, its message after `prefix` (the job key or the stage).
+fn user(prefix: &str, e: PluginError) -> EngineError {
+    let mut out = EngineError::user(format!("{prefix}: {}", e.message));
     if let Some(h) = e.hint {
         out = out.hint(h);
     }
@@ -55,8 +56,9 @@ impl GoalPlugin {
         job_dir: &Path,
         dirs: &[PathBuf],
     ) -> Result<Self, EngineError> {
-        let path = host::locate(&goal.plugin, job_dir, dirs).map_err(user)?;
-        let plugin = Plugin::load(&path, goal.sha256.as_deref()).map_err(user)?;
+        let path = host::locate(&goal.plugin, job_dir, dirs).map_err(|e| user("goal.plugin", e))?;
+        let plugin =
+            Plugin::load(&path, goal.sha256.as_deref()).map_err(|e| user("goal.plugin", e))?;
         if !host::is_path(&goal.plugin) && plugin.metadata().name != goal.plugin {
             return Err(EngineError::user(format!(
                 "goal.plugin: `{}` is the plugin `{}`, not `{}`",
@@ -66,13 +68,9 @@ impl GoalPlugin {
             ))
             .hint("rename the library after the goal type it exports, or give its path"));
         }
-        let validated = plugin.validate(&goal.params).map_err(|e| {
-            let mut out = EngineError::user(format!("goal.params: {}", e.message));
-            if let Some(h) = e.hint {
-                out = out.hint(h);
-            }
-            out
-        })?;
+        let validated = plugin
+            .validate(&goal.params)
+            .map_err(|e| user("goal.params", e))?;
         // Each requested field becomes a column next to the three the host always sends.
         let mut seen = vec![columns::PROFILE_ID, columns::TIMESTAMP, columns::EVENT_TYPE];
         for f in &validated.fields {
@@ -116,12 +114,7 @@ impl GoalPlugin {
         plan: &CutoffPlan,
     ) -> Result<PluginLabels, EngineError> {
         let fields = self.fields();
-        let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        let mut schema = vec![
-            Field::new(columns::PROFILE_ID, DataType::Utf8, false),
-            Field::new(columns::TIMESTAMP, time, false),
-            Field::new(columns::EVENT_TYPE, DataType::Utf8, false),
-        ];
+        let mut schema = columns::base_fields().to_vec();
         schema.extend(
             fields
                 .iter()

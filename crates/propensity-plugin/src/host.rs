@@ -161,8 +161,14 @@ pub fn locate(plugin: &str, base: &Path, dirs: &[PathBuf]) -> Result<PathBuf, Pl
 pub fn sha256_file(path: &Path) -> Result<String, PluginError> {
     let bytes = std::fs::read(path)
         .map_err(|e| PluginError::new(format!("cannot read `{}`: {e}", path.display())))?;
-    let d = Sha256::digest(&bytes);
-    Ok(d.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(sha256_hex(&bytes))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A loaded plugin. Cheap to clone; the library stays loaded for the life of the process.
@@ -206,10 +212,7 @@ impl Plugin {
             .map_err(|e| PluginError::new(format!("plugin library `{shown}`: {e}")))?;
         let bytes = std::fs::read(&canonical)
             .map_err(|e| PluginError::new(format!("cannot read `{shown}`: {e}")))?;
-        let sha256: String = Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = sha256_hex(&bytes);
         if let Some(pin) = pin
             && !pin.eq_ignore_ascii_case(&sha256)
         {

@@ -62,7 +62,7 @@ use std::collections::BTreeMap;
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float64Type, TimestampMicrosecondType};
 use arrow_array::{Array, ArrayRef, BooleanArray, StringArray, StructArray};
-use arrow_schema::{DataType, Field, TimeUnit};
+use arrow_schema::{DataType, Field};
 use serde::{Deserialize, Serialize};
 
 pub mod abi;
@@ -418,6 +418,21 @@ pub mod columns {
     pub const EVENT_TYPE: &str = "event_type";
     /// The labels a plugin returns: a struct of `profile_id` (Utf8) and `label` (Boolean).
     pub const LABEL: &str = "label";
+
+    /// The three fields every events struct starts with, in this order; the requested
+    /// fields follow them.
+    pub fn base_fields() -> [arrow_schema::Field; 3] {
+        use arrow_schema::{DataType, Field, TimeUnit};
+        [
+            Field::new(PROFILE_ID, DataType::Utf8, false),
+            Field::new(
+                TIMESTAMP,
+                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                false,
+            ),
+            Field::new(EVENT_TYPE, DataType::Utf8, false),
+        ]
+    }
 }
 
 /// One call's input: the profiles to label, and their events in the window (and in the
@@ -436,14 +451,7 @@ impl Batch {
     /// types, and the events are grouped by profile in the order of `profiles`, then by time.
     pub fn new(profiles: StringArray, events: StructArray, window: Window) -> Result<Self, String> {
         let fields = events.fields();
-        let want = [
-            (columns::PROFILE_ID, DataType::Utf8),
-            (
-                columns::TIMESTAMP,
-                DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-            ),
-            (columns::EVENT_TYPE, DataType::Utf8),
-        ];
+        let want = columns::base_fields().map(|f| (f.name().clone(), f.data_type().clone()));
         for (i, (name, ty)) in want.iter().enumerate() {
             match fields.get(i) {
                 Some(f) if f.name() == name && f.data_type() == ty => {}
@@ -757,27 +765,21 @@ mod tests {
     use std::sync::Arc;
 
     pub(crate) fn events(rows: &[(&str, i64, &str)]) -> StructArray {
-        StructArray::from(vec![
-            (
-                Arc::new(Field::new(columns::PROFILE_ID, DataType::Utf8, false)),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))) as ArrayRef,
+        let arrays: [ArrayRef; 3] = [
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(
+                TimestampMicrosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())
+                    .with_timezone("UTC"),
             ),
-            (
-                Arc::new(Field::new(
-                    columns::TIMESTAMP,
-                    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                    false,
-                )),
-                Arc::new(
-                    TimestampMicrosecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-                        .with_timezone("UTC"),
-                ) as ArrayRef,
-            ),
-            (
-                Arc::new(Field::new(columns::EVENT_TYPE, DataType::Utf8, false)),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))) as ArrayRef,
-            ),
-        ])
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.2))),
+        ];
+        StructArray::from(
+            columns::base_fields()
+                .into_iter()
+                .map(Arc::new)
+                .zip(arrays)
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]

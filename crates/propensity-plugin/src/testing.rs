@@ -145,20 +145,16 @@ impl BatchBuilder {
     /// (a test bug).
     pub fn build(self) -> Batch {
         let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
-        let mut cols: Vec<(Arc<Field>, ArrayRef)> = vec![
-            (
-                Arc::new(Field::new(columns::PROFILE_ID, DataType::Utf8, false)),
-                Arc::new(StringArray::from(self.ids)),
-            ),
-            (
-                Arc::new(Field::new(columns::TIMESTAMP, time.clone(), false)),
-                Arc::new(TimestampMicrosecondArray::from(self.ts).with_timezone("UTC")),
-            ),
-            (
-                Arc::new(Field::new(columns::EVENT_TYPE, DataType::Utf8, false)),
-                Arc::new(StringArray::from(self.types)),
-            ),
+        let base: [ArrayRef; 3] = [
+            Arc::new(StringArray::from(self.ids)),
+            Arc::new(TimestampMicrosecondArray::from(self.ts).with_timezone("UTC")),
+            Arc::new(StringArray::from(self.types)),
         ];
+        let mut cols: Vec<(Arc<Field>, ArrayRef)> = columns::base_fields()
+            .into_iter()
+            .map(Arc::new)
+            .zip(base)
+            .collect();
         for (name, v) in self.fields {
             let (ty, array): (DataType, ArrayRef) = match v {
                 Values::Number(x) => (DataType::Float64, Arc::new(Float64Array::from(x))),
