@@ -1,5 +1,6 @@
 //! Propensity's integration tests, one binary. Each module is one subject.
 
+mod daemon;
 mod data;
 mod job_files;
 mod model;

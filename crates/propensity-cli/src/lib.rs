@@ -2,6 +2,7 @@
 //! the library crates return. [`run`] is the whole program minus logging set-up, so tests
 //! drive it in process.
 
+mod daemon;
 mod data;
 mod model;
 mod plugins;
@@ -178,6 +179,70 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
     },
+    /// Run every job in a directory on its schedule, with an HTTP API and Prometheus metrics.
+    ///
+    /// Each run is a child process (`propensity run`), so a crash ends that run as `crashed`
+    /// and the daemon goes on. Every scheduled occurrence ends with exactly one outcome in the
+    /// ledger (`<state>/ledger.sqlite`). Job files are read again when they change; a broken
+    /// file is reported and skipped. SIGTERM stops scheduling, lets running runs finish for
+    /// --shutdown-grace, stops the rest (they run again at the next start) and exits 0.
+    Daemon {
+        /// Directory of job files (`*.toml`, not recursive).
+        #[arg(long, value_name = "DIR")]
+        jobs: PathBuf,
+        #[command(flatten)]
+        state: StateDir,
+        /// Address of the HTTP API. Off loopback, PROPENSITY_API_TOKEN is required.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Bearer token the API requires (`Authorization: Bearer <token>`), at least 16
+        /// characters.
+        #[arg(
+            long = "api-token",
+            value_name = "TOKEN",
+            env = "PROPENSITY_API_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        /// How long running runs may go on after SIGTERM before they are stopped.
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_span)]
+        shutdown_grace: std::time::Duration,
+        /// Time-to-live of the ledger lease; a daemon that stops renewing it is replaced by a
+        /// standby daemon on the same state directory after this long.
+        #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_span)]
+        lease_ttl: std::time::Duration,
+        /// How often the jobs directory is read again.
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_span)]
+        reload_every: std::time::Duration,
+    },
+    /// Run a job's scheduled occurrences between two times that the ledger does not have,
+    /// each with its scheduled time as as-of time, oldest first. With a daemon running on the
+    /// state directory they are queued for it; otherwise they run here, one at a time.
+    ///
+    /// Exit status: 0 when every occurrence succeeded (or was queued, or listed with
+    /// --dry-run), 2 for a bad job or range, 3 when any run failed.
+    Backfill {
+        /// The job file (it needs a [schedule]).
+        #[arg(value_name = "JOB")]
+        job: PathBuf,
+        /// First time (inclusive): RFC 3339 or a date (midnight UTC).
+        #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// Last time (inclusive): RFC 3339 or a date (midnight UTC).
+        #[arg(long, value_name = "TIME", value_parser = data::parse_time)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// Which occurrences: the score schedule, the train schedule, or both.
+        #[arg(long, value_enum, default_value_t = BackfillKind::Score)]
+        kind: BackfillKind,
+        /// Only list the missing occurrences.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        state: StateDir,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+        format: OutputFormat,
+    },
     /// Generate sample data, write the example job next to it, train, score and print the
     /// summary with the path of the HTML report.
     Demo {
@@ -194,6 +259,19 @@ pub enum Command {
     /// Write sample data: e-commerce events and profiles with a hidden propensity that drives
     /// future behaviour, deterministic for a seed (for the demo, tests and benchmarks).
     Generate(GenerateArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackfillKind {
+    Score,
+    Train,
+    All,
+}
+
+fn parse_span(s: &str) -> Result<std::time::Duration, String> {
+    propensity_core::Span::parse(s)
+        .map(propensity_core::Span::as_duration)
+        .map_err(|e| format!("{e} (write e.g. `30s`, `2m`)"))
 }
 
 /// `propensity plugins …`
@@ -345,6 +423,36 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             profiles,
             state,
         } => model::demo(&dir, profiles, state.as_deref(), out, err),
+        Command::Daemon {
+            jobs,
+            state,
+            listen,
+            token,
+            shutdown_grace,
+            lease_ttl,
+            reload_every,
+        } => daemon::exe().and_then(|exe| {
+            daemon::serve(propensity_daemon::DaemonOptions {
+                jobs,
+                state: state.path,
+                listen,
+                token,
+                shutdown_grace,
+                lease_ttl,
+                reload_every,
+                tick: std::time::Duration::from_millis(200),
+                exe,
+            })
+        }),
+        Command::Backfill {
+            job,
+            from,
+            to,
+            kind,
+            dry_run,
+            state,
+            format,
+        } => daemon::backfill(&job, from, to, kind, dry_run, &state.path, format, out),
     };
     match result {
         Ok(code) => code,

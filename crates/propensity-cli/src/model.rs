@@ -209,6 +209,8 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<i32, CliError> {
+    // Started by a daemon: stop when it is gone.
+    propensity_daemon::runner::watch_parent();
     let (job, dir) = load_job(job_path, err)?;
     let mut opts = RunOptions::new(as_of.unwrap_or_else(Utc::now), train, state.to_path_buf());
     opts.job_file = Some(job_path.to_path_buf());

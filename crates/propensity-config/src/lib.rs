@@ -246,6 +246,22 @@ pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     } else {
         sem.engine(eng.as_ref(), &root.key("engine"))
     };
+    // The query engine's memory pool lives inside the run's process: it must fit under the
+    // process limit, with room for training.
+    if let (Some(sc), Some(propensity_core::EngineSpec::Embedded { memory_limit, .. })) =
+        (schedule.as_ref(), engine.as_ref())
+        && let Some(max) = sc.max_memory
+        && *memory_limit >= max
+    {
+        sem.err(
+            &root.key("schedule").key("max_memory"),
+            "invalid-value",
+            format!(
+                "`max_memory` ({max} bytes) must be larger than `engine.memory_limit` ({memory_limit} bytes): the engine's memory pool is part of the run's process"
+            ),
+            Some("raise `max_memory`, or lower `engine.memory_limit` (default `4GiB`)".to_owned()),
+        );
+    }
 
     let mut segments_raw = Vec::new();
     let mut segments_ok = true;

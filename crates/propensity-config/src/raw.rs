@@ -350,8 +350,8 @@ pub struct RawSchedule {
     /// or on `propensity run --train`.
     #[serde(default)]
     pub train: Option<String>,
-    /// IANA time zone the cron expressions are read in (default `UTC`). In a DST gap a time
-    /// that does not exist is skipped; in a fold the first occurrence runs.
+    /// IANA time zone the cron expressions are read in (default `UTC`). A time in a DST gap
+    /// runs once, when the clock jumps; a time in a fold runs once, at its first occurrence.
     #[serde(default)]
     pub timezone: Option<String>,
     /// `skip` (default), `buffer_one` or `cancel_previous`.
@@ -367,9 +367,13 @@ pub struct RawSchedule {
     /// Retries of a failed run.
     #[serde(default)]
     pub retries: Option<RawRetries>,
-    /// A run still going after this long is stopped and recorded as failed.
+    /// A run still going after this long is stopped and recorded as `timed_out`.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Resident memory a daemon run may use (e.g. `8GiB`); a run above it is stopped and
+    /// recorded as `crashed`. Default: no limit. Keep `engine.memory_limit` below it.
+    #[serde(default)]
+    pub max_memory: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]

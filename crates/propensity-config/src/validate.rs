@@ -956,6 +956,18 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             .timeout
             .as_deref()
             .map(|t| self.span_dur(Some(t), Span::from_secs(3600), &p.key("timeout")));
+        let max_memory = raw.max_memory.as_deref().and_then(|t| {
+            let v = parse_size(t).filter(|&v| v > 0);
+            if v.is_none() {
+                self.err(
+                    &p.key("max_memory"),
+                    "invalid-value",
+                    format!("`{t}` is not a memory size"),
+                    Some("write a number with a unit, e.g. `2GiB` or `8GiB`".to_owned()),
+                );
+            }
+            v
+        });
         let catchup = raw.catchup.unwrap_or(Catchup::Latest);
         if raw.catchup_limit.is_some() && catchup != Catchup::All {
             self.err(
@@ -982,6 +994,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                 max_backoff,
             },
             timeout,
+            max_memory,
         })
     }
 

@@ -291,6 +291,8 @@ pub struct ScheduleSpec {
     pub catchup_limit: u32,
     pub retries: RetryPolicy,
     pub timeout: Option<Span>,
+    /// Resident memory limit of a daemon run's process, in bytes.
+    pub max_memory: Option<u64>,
 }
 
 fn ser_tz<S: serde::Serializer>(tz: &chrono_tz::Tz, s: S) -> Result<S::Ok, S::Error> {

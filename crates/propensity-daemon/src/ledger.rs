@@ -38,6 +38,7 @@
 //!     kind          TEXT NOT NULL CHECK (kind IN ('score', 'train')),
 //!     scheduled_at  TEXT NOT NULL,          -- RFC 3339 UTC
 //!     final_outcome TEXT,                   -- NULL until final; set at most once
+//!     origin        TEXT NOT NULL DEFAULT 'schedule', -- schedule, catchup, manual, backfill
 //!     UNIQUE (job, kind, scheduled_at)
 //! );
 //!
@@ -49,6 +50,7 @@
 //!     finished_at   TEXT,
 //!     outcome       TEXT,
 //!     message       TEXT,
+//!     run_id        TEXT,                   -- the run's directory under <state>/jobs/<job>/runs
 //!     PRIMARY KEY (occurrence_id, attempt_no)
 //! );
 //!
@@ -95,6 +97,7 @@ CREATE TABLE IF NOT EXISTS occurrences (
     kind          TEXT NOT NULL CHECK (kind IN ('score', 'train')),
     scheduled_at  TEXT NOT NULL,
     final_outcome TEXT,
+    origin        TEXT NOT NULL DEFAULT 'schedule',
     UNIQUE (job, kind, scheduled_at)
 );
 CREATE TABLE IF NOT EXISTS attempts (
@@ -105,6 +108,7 @@ CREATE TABLE IF NOT EXISTS attempts (
     finished_at   TEXT,
     outcome       TEXT,
     message       TEXT,
+    run_id        TEXT,
     PRIMARY KEY (occurrence_id, attempt_no)
 );
 CREATE TABLE IF NOT EXISTS publications (
@@ -253,6 +257,18 @@ impl fmt::Display for RunKind {
     }
 }
 
+impl serde::Serialize for RunKind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Outcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl FromStr for RunKind {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
@@ -327,7 +343,7 @@ impl FromStr for Outcome {
 }
 
 /// One attempt to run an occurrence.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AttemptRecord {
     /// 1 for the first attempt, 2 for the first retry, ...
     pub attempt_no: i64,
@@ -341,10 +357,12 @@ pub struct AttemptRecord {
     pub outcome: Option<Outcome>,
     /// The message recorded with the outcome (an error, say).
     pub message: Option<String>,
+    /// The run id the attempt's child process reported (its directory in the registry).
+    pub run_id: Option<String>,
 }
 
 /// What one attempt published to one sink.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PublicationRecord {
     /// The attempt that published.
     pub attempt_no: i64,
@@ -359,7 +377,7 @@ pub struct PublicationRecord {
 }
 
 /// Everything the ledger knows about one occurrence.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct OccurrenceRecord {
     /// The job.
     pub job: String,
@@ -369,6 +387,8 @@ pub struct OccurrenceRecord {
     pub scheduled_at: DateTime<Utc>,
     /// Its final outcome, once it has one.
     pub final_outcome: Option<Outcome>,
+    /// Why it fell due: `schedule`, `catchup`, `manual` (the API) or `backfill`.
+    pub origin: String,
     /// Its attempts, oldest first.
     pub attempts: Vec<AttemptRecord>,
     /// Its publications, by attempt then sink.
@@ -476,6 +496,11 @@ fn parse_outcome(what: &'static str, s: Option<String>) -> Result<Option<Outcome
         None => Ok(None),
         Some(s) => s.parse().map(Some).map_err(|()| Fail::BadValue(what, s)),
     }
+}
+
+fn parse_kind(s: String) -> Result<RunKind, Fail> {
+    s.parse()
+        .map_err(|()| Fail::BadValue("occurrences.kind", s))
 }
 
 fn to_u64(what: &'static str, v: i64) -> Result<u64, Fail> {
@@ -668,6 +693,92 @@ impl Ledger {
             Some(&key),
             |tx| Ok(ensure_occurrence(tx, job, kind, &at)?.2),
         )
+    }
+
+    /// Like [`Ledger::record_due`], recording why it fell due (`origin`: `schedule`,
+    /// `catchup`, `manual` or `backfill`) when the occurrence is new.
+    pub fn record_due_as(
+        &mut self,
+        job: &str,
+        kind: RunKind,
+        scheduled_at: DateTime<Utc>,
+        origin: &str,
+    ) -> Result<bool, LedgerError> {
+        let at = ts(scheduled_at);
+        let key = Key { job, kind, at: &at };
+        self.write(Some(&key), |tx| {
+            let (id, _, new) = ensure_occurrence(tx, job, kind, &at)?;
+            if new {
+                tx.execute(
+                    "UPDATE occurrences SET origin = ?2 WHERE id = ?1",
+                    params![id, origin],
+                )?;
+            }
+            Ok(new)
+        })
+    }
+
+    /// Records many occurrences that were not run, with the same skip `outcome`, in one
+    /// transaction (a long downtime can leave thousands of missed occurrences). Occurrences
+    /// that already have a final outcome are left as they are. Returns how many were
+    /// recorded. Fenced like [`Ledger::record_skip`].
+    pub fn record_skips(
+        &mut self,
+        job: &str,
+        kind: RunKind,
+        scheduled: &[DateTime<Utc>],
+        outcome: Outcome,
+        origin: &str,
+        fencing_token: u64,
+    ) -> Result<usize, LedgerError> {
+        if !matches!(outcome, Outcome::SkippedOverlap | Outcome::SkippedMissed) {
+            return Err(Fail::NotASkip(outcome).at(&self.path, None));
+        }
+        self.write(None, |tx| {
+            check_fence(tx, fencing_token)?;
+            let mut n = 0;
+            for &t in scheduled {
+                let at = ts(t);
+                let (id, fin, new) = ensure_occurrence(tx, job, kind, &at)?;
+                if fin.is_some() {
+                    continue;
+                }
+                n += tx.execute(
+                    "UPDATE occurrences SET final_outcome = ?2,
+                       origin = CASE WHEN ?4 THEN ?3 ELSE origin END
+                     WHERE id = ?1",
+                    params![id, outcome.as_str(), origin, new],
+                )?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Records the run id the child process of attempt `attempt_no` reported. Not fenced
+    /// (a fact about a run that happened).
+    pub fn set_run_id(
+        &mut self,
+        job: &str,
+        kind: RunKind,
+        scheduled_at: DateTime<Utc>,
+        attempt_no: i64,
+        run_id: &str,
+    ) -> Result<(), LedgerError> {
+        let at = ts(scheduled_at);
+        let key = Key { job, kind, at: &at };
+        self.write(Some(&key), |tx| {
+            let Some((id, _)) = find_occurrence(tx, job, kind, &at)? else {
+                return Err(Fail::NotFound("occurrence".into()));
+            };
+            let n = tx.execute(
+                "UPDATE attempts SET run_id = ?3 WHERE occurrence_id = ?1 AND attempt_no = ?2",
+                params![id, attempt_no, run_id],
+            )?;
+            if n == 0 {
+                return Err(Fail::NotFound(format!("attempt {attempt_no}")));
+            }
+            Ok(())
+        })
     }
 
     /// Starts a new attempt of an occurrence at `now` (recording the occurrence if it is
@@ -945,9 +1056,7 @@ impl Ledger {
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
                 .map(|(id, kind, at, fin)| {
-                    let kind = kind
-                        .parse()
-                        .map_err(|()| Fail::BadValue("occurrences.kind", kind))?;
+                    let kind = parse_kind(kind)?;
                     let at = parse_ts("occurrences.scheduled_at", at)?;
                     let fin = parse_outcome("occurrences.final_outcome", fin)?;
                     load(tx, id, job.to_owned(), kind, at, fin)
@@ -971,6 +1080,96 @@ impl Ledger {
             rows.into_iter()
                 .map(|(o, n)| Ok((o, to_u64("count", n)?)))
                 .collect()
+        })
+    }
+
+    /// The latest scheduled time of `job`/`kind` in the ledger (manual runs excluded), the
+    /// point catch-up counts missed occurrences from.
+    pub fn latest_scheduled(
+        &self,
+        job: &str,
+        kind: RunKind,
+    ) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        self.read(|tx| {
+            let at: Option<String> = tx.query_row(
+                "SELECT MAX(scheduled_at) FROM occurrences
+                 WHERE job = ?1 AND kind = ?2 AND origin <> 'manual'",
+                params![job, kind.as_str()],
+                |r| r.get(0),
+            )?;
+            at.map(|a| parse_ts("occurrences.scheduled_at", a))
+                .transpose()
+        })
+    }
+
+    /// Every occurrence without a final outcome, oldest first: runs a stopped daemon left
+    /// unfinished, to resume.
+    pub fn pending(&self) -> Result<Vec<OccurrenceRecord>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT id, job, kind, scheduled_at FROM occurrences
+                 WHERE final_outcome IS NULL ORDER BY scheduled_at, job, kind",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(id, job, kind, at)| {
+                    let kind = parse_kind(kind)?;
+                    let at = parse_ts("occurrences.scheduled_at", at)?;
+                    load(tx, id, job, kind, at, None)
+                })
+                .collect()
+        })
+    }
+
+    /// Final outcomes counted per job, kind and outcome (for `/metrics`).
+    pub fn outcome_counts_by_job(
+        &self,
+    ) -> Result<Vec<(String, RunKind, Outcome, u64)>, LedgerError> {
+        self.read(|tx| {
+            let mut stmt = tx.prepare(
+                "SELECT job, kind, final_outcome, COUNT(*) FROM occurrences
+                 WHERE final_outcome IS NOT NULL GROUP BY job, kind, final_outcome
+                 ORDER BY job, kind, final_outcome",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(job, kind, o, n)| {
+                    let kind = parse_kind(kind)?;
+                    let o = parse_outcome("occurrences.final_outcome", Some(o))?
+                        .ok_or(Fail::BadValue("occurrences.final_outcome", String::new()))?;
+                    Ok((job, kind, o, to_u64("count", n)?))
+                })
+                .collect()
+        })
+    }
+
+    /// The lease's holder and expiry, if it is held.
+    pub fn lease_holder(&self) -> Result<Option<(String, u64, DateTime<Utc>)>, LedgerError> {
+        self.read(|tx| match lease_row(tx)? {
+            Some(LeaseRow {
+                holder: Some(h),
+                token,
+                expires_at: Some(e),
+            }) => Ok(Some((h, token, parse_ts("lease.expires_at", e)?))),
+            _ => Ok(None),
         })
     }
 
@@ -1007,13 +1206,14 @@ fn load(
     final_outcome: Option<Outcome>,
 ) -> Result<OccurrenceRecord, Fail> {
     let mut stmt = tx.prepare(
-        "SELECT attempt_no, fencing_token, started_at, finished_at, outcome, message
+        "SELECT attempt_no, fencing_token, started_at, finished_at, outcome, message, run_id
          FROM attempts WHERE occurrence_id = ?1 ORDER BY attempt_no",
     )?;
     type Row = (
         i64,
         i64,
         String,
+        Option<String>,
         Option<String>,
         Option<String>,
         Option<String>,
@@ -1027,12 +1227,13 @@ fn load(
                 r.get(3)?,
                 r.get(4)?,
                 r.get(5)?,
+                r.get(6)?,
             ))
         })?
         .collect::<Result<Vec<_>, _>>()?;
     let attempts = rows
         .into_iter()
-        .map(|(no, tok, start, end, outcome, message)| {
+        .map(|(no, tok, start, end, outcome, message, run_id)| {
             Ok(AttemptRecord {
                 attempt_no: no,
                 fencing_token: to_u64("attempts.fencing_token", tok)?,
@@ -1042,6 +1243,7 @@ fn load(
                     .transpose()?,
                 outcome: parse_outcome("attempts.outcome", outcome)?,
                 message,
+                run_id,
             })
         })
         .collect::<Result<Vec<_>, Fail>>()?;
@@ -1055,6 +1257,10 @@ fn load(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    let origin: String =
+        tx.query_row("SELECT origin FROM occurrences WHERE id = ?1", [id], |r| {
+            r.get(0)
+        })?;
     let publications = rows
         .into_iter()
         .map(|(no, sink, status, rows, location)| {
@@ -1072,6 +1278,7 @@ fn load(
         kind,
         scheduled_at,
         final_outcome,
+        origin,
         attempts,
         publications,
     })

@@ -85,7 +85,7 @@ pub struct Publication {
     pub state_dir: PathBuf,
     /// Fault injection for the crash tests (`PROPENSITY_FAILPOINT` in the run's environment):
     /// `<kind>:<point>` aborts the process there, as a `kill -9` would; `<kind>:<point>:error`
-    /// makes the sink fail there instead.
+    /// makes the sink fail there instead; `<kind>:<point>:sleep=MS` pauses there.
     pub failpoint: Option<String>,
 }
 
@@ -98,7 +98,15 @@ impl Publication {
         for item in v.split(',') {
             let mut parts = item.trim().splitn(3, ':');
             if parts.next() == Some(kind) && parts.next() == Some(point) {
-                if parts.next() == Some("error") {
+                let action = parts.next();
+                if let Some(ms) = action.and_then(|a| a.strip_prefix("sleep=")) {
+                    // A slow sink, so a test can stop the process in the middle of a run.
+                    let ms: u64 = ms.parse().unwrap_or(1000);
+                    eprintln!("failpoint {kind}:{point}: sleeping {ms} ms");
+                    std::thread::sleep(std::time::Duration::from_millis(ms));
+                    continue;
+                }
+                if action == Some("error") {
                     return Err(SinkError::external(format!(
                         "failpoint {kind}:{point}: injected failure"
                     )));

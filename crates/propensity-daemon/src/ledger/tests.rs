@@ -449,3 +449,106 @@ fn outcome_text_round_trips() {
     assert_eq!(Outcome::InsufficientData.to_string(), "insufficient_data");
     assert_eq!("score".parse::<RunKind>(), Ok(RunKind::Score));
 }
+
+#[test]
+fn pending_origin_run_id_skips_in_bulk_and_counts_by_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(dir.path().join("ledger.sqlite")).unwrap();
+    let tok = l
+        .acquire_lease("a", Duration::from_secs(10), t(1, 0))
+        .unwrap()
+        .unwrap();
+    // A manual run does not move the catch-up point.
+    assert!(
+        l.record_due_as("churn", RunKind::Score, t(1, 0), "schedule")
+            .unwrap()
+    );
+    assert!(
+        l.record_due_as("churn", RunKind::Score, t(5, 0), "manual")
+            .unwrap()
+    );
+    assert_eq!(
+        l.latest_scheduled("churn", RunKind::Score).unwrap(),
+        Some(t(1, 0))
+    );
+    assert_eq!(l.latest_scheduled("churn", RunKind::Train).unwrap(), None);
+    let no = l
+        .start_attempt("churn", RunKind::Score, t(1, 0), tok, t(1, 1))
+        .unwrap()
+        .unwrap();
+    l.set_run_id("churn", RunKind::Score, t(1, 0), no, "run-1")
+        .unwrap();
+    // Both are pending; the started one carries its run id.
+    let p = l.pending().unwrap();
+    assert_eq!(p.len(), 2);
+    assert_eq!(p[0].attempts[0].run_id.as_deref(), Some("run-1"));
+    assert_eq!(p[1].origin, "manual");
+    // Bulk skips: the already-final one is left alone, the count says what was written.
+    l.finish(
+        "churn",
+        RunKind::Score,
+        t(1, 0),
+        no,
+        tok,
+        Outcome::Succeeded,
+        None,
+        true,
+        t(1, 2),
+    )
+    .unwrap();
+    let n = l
+        .record_skips(
+            "churn",
+            RunKind::Score,
+            &[t(1, 0), t(2, 0), t(3, 0)],
+            Outcome::SkippedMissed,
+            "catchup",
+            tok,
+        )
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        l.occurrence("churn", RunKind::Score, t(2, 0))
+            .unwrap()
+            .unwrap()
+            .origin,
+        "catchup"
+    );
+    assert!(matches!(
+        l.record_skips(
+            "churn",
+            RunKind::Score,
+            &[t(4, 0)],
+            Outcome::Failed,
+            "x",
+            tok
+        ),
+        Err(LedgerError::NotASkip { .. })
+    ));
+    assert!(matches!(
+        l.record_skips(
+            "churn",
+            RunKind::Score,
+            &[t(4, 0)],
+            Outcome::SkippedMissed,
+            "x",
+            tok + 1
+        ),
+        Err(LedgerError::Fenced { .. })
+    ));
+    let by = l.outcome_counts_by_job().unwrap();
+    assert_eq!(
+        by,
+        vec![
+            (
+                "churn".to_owned(),
+                RunKind::Score,
+                Outcome::SkippedMissed,
+                2
+            ),
+            ("churn".to_owned(), RunKind::Score, Outcome::Succeeded, 1),
+        ]
+    );
+    assert_eq!(l.pending().unwrap().len(), 1);
+    assert_eq!(l.lease_holder().unwrap().map(|h| h.1), Some(tok));
+}

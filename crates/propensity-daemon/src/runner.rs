@@ -1,0 +1,339 @@
+//! Runs in child processes. Each attempt is `propensity run JOB --as-of T --state S
+//! --format json [--train]`, started from the daemon's own executable, with its stdout (the
+//! run report as JSON) and stderr (progress and errors) in files under
+//! `<state>/daemon/logs/<job>/`. A crash in the child (a segfaulting plugin, an abort, a
+//! kill by the kernel's out-of-memory killer) ends that attempt as `crashed`; the daemon
+//! goes on.
+//!
+//! Limits: the job's `schedule.timeout` (the child is killed and the attempt is
+//! `timed_out`) and `schedule.max_memory` (the child's resident memory is read from
+//! `/proc/<pid>/status` on every poll; above the limit it is killed and the attempt is
+//! `crashed`). A child also stops by itself within a second when the daemon that started it
+//! is gone (`PROPENSITY_DAEMON_PID`), so a `kill -9` of the daemon leaves no orphan run that
+//! a restarted daemon would race.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use propensity_runtime::report::RunReport;
+
+use crate::ledger::{Outcome, RunKind};
+
+/// The environment variable that tells a `propensity run` it is a daemon's child, and
+/// which process to watch.
+pub const PARENT_ENV: &str = "PROPENSITY_DAEMON_PID";
+
+/// One attempt to start.
+#[derive(Debug, Clone)]
+pub struct RunRequest {
+    pub job: String,
+    pub file: PathBuf,
+    pub kind: RunKind,
+    /// The occurrence's scheduled time: the run's as-of time.
+    pub as_of: DateTime<Utc>,
+    pub attempt_no: i64,
+    pub state: PathBuf,
+    pub timeout: Option<Duration>,
+    pub max_memory: Option<u64>,
+}
+
+/// Why the daemon stopped a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// `overlap = "cancel_previous"`, or the job was removed.
+    Cancel,
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    pub outcome: Outcome,
+    /// Whether another attempt may help (a store or sink failure, a crash).
+    pub retryable: bool,
+    pub message: Option<String>,
+    /// The run report the child printed, when it got that far.
+    pub report: Option<RunReport>,
+    /// The child's stderr file.
+    pub log: Option<PathBuf>,
+}
+
+/// Starts and watches attempts. The daemon uses [`ChildLauncher`]; tests of the scheduler
+/// can use a fake.
+pub trait Launcher {
+    type Handle;
+    /// Starts the attempt, or says why it could not start.
+    fn start(&mut self, req: &RunRequest) -> Result<Self::Handle, String>;
+    /// `Some` once the attempt has ended.
+    fn poll(&mut self, handle: &mut Self::Handle) -> Option<RunResult>;
+    /// Stops the attempt; a later [`Launcher::poll`] reports it ended as `Cancelled`.
+    fn stop(&mut self, handle: &mut Self::Handle, why: Stop);
+}
+
+/// Runs attempts as child processes of `exe` (the daemon's own executable).
+#[derive(Debug)]
+pub struct ChildLauncher {
+    pub exe: PathBuf,
+}
+
+/// A running child.
+#[derive(Debug)]
+pub struct ChildRun {
+    child: Child,
+    deadline: Option<Instant>,
+    max_memory: Option<u64>,
+    out: PathBuf,
+    err: PathBuf,
+    /// Set when the daemon killed it, with the outcome and message to record.
+    killed: Option<(Outcome, String)>,
+}
+
+fn compact(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%dT%H%M%S%.3fZ").to_string().replace('.', "")
+}
+
+/// Where an attempt's output goes: `<state>/daemon/logs/<job>/<as-of>-<kind>-<attempt>`.
+pub fn log_base(
+    state: &Path,
+    job: &str,
+    kind: RunKind,
+    at: DateTime<Utc>,
+    attempt: i64,
+) -> PathBuf {
+    state
+        .join("daemon")
+        .join("logs")
+        .join(job)
+        .join(format!("{}-{kind}-{attempt}", compact(at)))
+}
+
+impl Launcher for ChildLauncher {
+    type Handle = ChildRun;
+
+    fn start(&mut self, req: &RunRequest) -> Result<ChildRun, String> {
+        let base = log_base(&req.state, &req.job, req.kind, req.as_of, req.attempt_no);
+        if let Some(dir) = base.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let out = base.with_extension("json");
+        let err = base.with_extension("log");
+        let open = |p: &Path| {
+            std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
+        };
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("run")
+            .arg(&req.file)
+            .arg("--as-of")
+            .arg(req.as_of.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+            .arg("--state")
+            .arg(&req.state)
+            .args(["--format", "json"]);
+        if req.kind == RunKind::Train {
+            cmd.arg("--train");
+        }
+        cmd.env(PARENT_ENV, std::process::id().to_string())
+            .stdin(Stdio::null())
+            .stdout(open(&out)?)
+            .stderr(open(&err)?);
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        tracing::info!(job = %req.job, kind = %req.kind, as_of = %req.as_of, attempt = req.attempt_no, pid = child.id(), "run started");
+        Ok(ChildRun {
+            child,
+            deadline: req.timeout.map(|t| Instant::now() + t),
+            max_memory: req.max_memory,
+            out,
+            err,
+            killed: None,
+        })
+    }
+
+    fn poll(&mut self, h: &mut ChildRun) -> Option<RunResult> {
+        match h.child.try_wait() {
+            Ok(Some(status)) => return Some(result(h, status)),
+            Ok(None) => {}
+            Err(e) => {
+                return Some(RunResult {
+                    outcome: Outcome::Crashed,
+                    retryable: true,
+                    message: Some(format!("cannot wait for the run's process: {e}")),
+                    report: None,
+                    log: Some(h.err.clone()),
+                });
+            }
+        }
+        if h.killed.is_some() {
+            return None;
+        }
+        if let Some(d) = h.deadline
+            && Instant::now() >= d
+        {
+            let _ = h.child.kill();
+            h.killed = Some((
+                Outcome::TimedOut,
+                "the run took longer than the job's `schedule.timeout` and was stopped".into(),
+            ));
+            return None;
+        }
+        if let Some(max) = h.max_memory
+            && let Some(rss) = resident_bytes(h.child.id())
+            && rss > max
+        {
+            let _ = h.child.kill();
+            h.killed = Some((
+                Outcome::Crashed,
+                format!(
+                    "the run used {} MiB of memory, over the job's `schedule.max_memory` ({} MiB), and was stopped",
+                    rss >> 20,
+                    max >> 20
+                ),
+            ));
+        }
+        None
+    }
+
+    fn stop(&mut self, h: &mut ChildRun, why: Stop) {
+        if h.killed.is_none() {
+            let _ = h.child.kill();
+            h.killed = Some((
+                Outcome::Cancelled,
+                match why {
+                    Stop::Cancel => "cancelled: a newer occurrence replaced it (`overlap = \"cancel_previous\"`) or the job was removed".into(),
+                    Stop::Shutdown => "cancelled: the daemon was stopping; the occurrence runs again when the daemon starts".into(),
+                },
+            ));
+        }
+    }
+}
+
+/// The child's resident set size, from `/proc` (Linux); `None` elsewhere.
+fn resident_bytes(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// The error lines at the end of the child's stderr (from the last `error:` line on),
+/// at most 4 000 characters.
+fn error_tail(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines
+        .iter()
+        .rposition(|l| {
+            l.starts_with("error") || l.starts_with("failpoint") || l.contains("panicked")
+        })
+        .unwrap_or(lines.len().saturating_sub(5));
+    let tail = lines[from..].join("\n");
+    let tail = tail.trim();
+    if tail.is_empty() {
+        return None;
+    }
+    let mut t: String = tail.chars().take(4000).collect();
+    if t.len() < tail.len() {
+        t.push('…');
+    }
+    Some(t)
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        15 => "SIGTERM",
+        _ => "a signal",
+    }
+}
+
+fn result(h: &mut ChildRun, status: ExitStatus) -> RunResult {
+    use std::os::unix::process::ExitStatusExt;
+    let report: Option<RunReport> = std::fs::read(&h.out)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    let log = Some(h.err.clone());
+    if let Some((outcome, message)) = h.killed.take() {
+        return RunResult {
+            outcome,
+            retryable: false,
+            message: Some(message),
+            report,
+            log,
+        };
+    }
+    let tail = error_tail(&h.err);
+    let (outcome, retryable, message) = match (status.code(), status.signal()) {
+        (Some(0), _) => match &report {
+            Some(r) if r.training.status == "fallback" => (
+                Outcome::InsufficientData,
+                false,
+                Some(format!("too little data to train: {}", r.training.message)),
+            ),
+            _ => (Outcome::Succeeded, false, None),
+        },
+        // A bad job or bad data: another attempt gives the same answer.
+        (Some(2), _) => (Outcome::Failed, false, tail),
+        // A store or sink failed: worth another attempt.
+        (Some(3), _) => (Outcome::Failed, true, tail),
+        (Some(101), _) => (
+            Outcome::Crashed,
+            true,
+            Some(format!(
+                "the run panicked (exit status 101): {}",
+                tail.unwrap_or_default()
+            )),
+        ),
+        (Some(c), _) => (
+            Outcome::Failed,
+            true,
+            Some(format!("exit status {c}: {}", tail.unwrap_or_default())),
+        ),
+        (None, Some(sig)) => (
+            Outcome::Crashed,
+            true,
+            Some(format!(
+                "the run's process was killed by {} ({sig}){}",
+                signal_name(sig),
+                tail.map(|t| format!(": {t}")).unwrap_or_default()
+            )),
+        ),
+        (None, None) => (Outcome::Crashed, true, tail),
+    };
+    RunResult {
+        outcome,
+        retryable,
+        message,
+        report,
+        log,
+    }
+}
+
+/// In a `propensity run` started by a daemon: stops the process within a second of the
+/// daemon's end (a `kill -9` of the daemon leaves no orphan run). Does nothing when
+/// [`PARENT_ENV`] is not set.
+pub fn watch_parent() {
+    let Some(pid) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return;
+    };
+    std::thread::spawn(move || {
+        loop {
+            if std::os::unix::process::parent_id() != pid {
+                eprintln!("error: the daemon that started this run (pid {pid}) is gone; stopping");
+                std::process::exit(75);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    });
+}

@@ -1,0 +1,389 @@
+//! The scheduler under a fake clock (explicit instants) with a fake launcher whose runs end
+//! when the test says, over a real ledger in a temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::jobs::JobSet;
+use crate::ledger::OccurrenceRecord;
+
+#[derive(Debug, Default)]
+struct Fake {
+    next: u64,
+    started: Vec<RunRequest>,
+    /// Results to hand out at the next poll, by handle.
+    ends: BTreeMap<u64, RunResult>,
+    stopped: Vec<(u64, Stop)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct FakeLauncher(Arc<Mutex<Fake>>);
+
+impl Launcher for FakeLauncher {
+    type Handle = u64;
+    fn start(&mut self, req: &RunRequest) -> Result<u64, String> {
+        let mut f = self.0.lock().unwrap();
+        f.next += 1;
+        f.started.push(req.clone());
+        Ok(f.next)
+    }
+    fn poll(&mut self, h: &mut u64) -> Option<RunResult> {
+        self.0.lock().unwrap().ends.remove(h)
+    }
+    fn stop(&mut self, h: &mut u64, why: Stop) {
+        let mut f = self.0.lock().unwrap();
+        f.stopped.push((*h, why));
+        f.ends.insert(*h, result(Outcome::Cancelled, false));
+    }
+}
+
+impl FakeLauncher {
+    /// Ends the latest started run with `outcome`.
+    fn end_latest(&self, outcome: Outcome, retryable: bool) {
+        let mut f = self.0.lock().unwrap();
+        let h = f.next;
+        f.ends.insert(h, result(outcome, retryable));
+    }
+    fn started(&self) -> Vec<DateTime<Utc>> {
+        self.0
+            .lock()
+            .unwrap()
+            .started
+            .iter()
+            .map(|r| r.as_of)
+            .collect()
+    }
+}
+
+fn result(outcome: Outcome, retryable: bool) -> RunResult {
+    RunResult {
+        outcome,
+        retryable,
+        message: (outcome != Outcome::Succeeded).then(|| format!("{outcome} (fake)")),
+        report: None,
+        log: None,
+    }
+}
+
+fn t(h: u32, m: u32, s: u32) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 11, 2, h, m, s).unwrap()
+}
+
+fn entry(schedule: &str) -> JobSet {
+    let text = format!(
+        r#"version = 1
+name = "job"
+[source.events]
+uri = "file:///tmp/events/"
+columns = {{ profile_id = "p", timestamp = "t", event_type = "e" }}
+[goal]
+type = "conditions"
+outcome = "will_occur"
+window = "30d"
+conditions = [ {{ field = "event_type", op = "eq", value = "purchase" }} ]
+[[sinks]]
+type = "parquet"
+uri = "/tmp/out/"
+[schedule]
+{schedule}
+"#
+    );
+    let job = propensity_config::load_str(&text, "job.toml").unwrap();
+    let mut set = JobSet::default();
+    set.jobs.insert(
+        "job".into(),
+        JobEntry {
+            file: "job.toml".into(),
+            dir: ".".into(),
+            job: Arc::new(job),
+            text: text.into(),
+        },
+    );
+    set
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    sched: Scheduler<FakeLauncher>,
+    fake: FakeLauncher,
+}
+
+fn rig_in(dir: tempfile::TempDir, schedule: &str, now: DateTime<Utc>, holder: &str) -> Rig {
+    let path = dir.path().join("ledger.sqlite");
+    let fake = FakeLauncher::default();
+    let shared = Arc::new(Shared::new(
+        dir.path().into(),
+        dir.path().into(),
+        holder.into(),
+    ));
+    let cfg = SchedulerConfig {
+        state: dir.path().into(),
+        holder: holder.into(),
+        lease_ttl: Duration::from_secs(30),
+        fire: true,
+    };
+    let mut sched = Scheduler::new(cfg, Ledger::open(&path).unwrap(), fake.clone(), shared);
+    sched.set_jobs(&entry(schedule), now);
+    Rig {
+        _dir: dir,
+        path,
+        sched,
+        fake,
+    }
+}
+
+fn rig(schedule: &str, now: DateTime<Utc>) -> Rig {
+    rig_in(tempfile::tempdir().unwrap(), schedule, now, "test")
+}
+
+impl Rig {
+    fn runs(&self) -> Vec<OccurrenceRecord> {
+        let mut r = Ledger::open(&self.path).unwrap().runs("job", 1000).unwrap();
+        r.sort_by_key(|o| o.scheduled_at);
+        r
+    }
+    fn outcomes(&self) -> Vec<(DateTime<Utc>, Option<Outcome>)> {
+        self.runs()
+            .iter()
+            .map(|o| (o.scheduled_at, o.final_outcome))
+            .collect()
+    }
+}
+
+#[test]
+fn each_occurrence_runs_at_its_time_and_ends_with_one_outcome() {
+    let mut r = rig(r#"score = "0 * * * * *""#, t(10, 0, 30));
+    r.sched.tick(t(10, 0, 30));
+    assert!(r.fake.started().is_empty(), "nothing is due before 10:01");
+    r.sched.tick(t(10, 1, 0));
+    assert_eq!(r.fake.started(), [t(10, 1, 0)]);
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 1, 5));
+    r.sched.tick(t(10, 2, 0));
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 2, 1));
+    assert_eq!(
+        r.outcomes(),
+        [
+            (t(10, 1, 0), Some(Outcome::Succeeded)),
+            (t(10, 2, 0), Some(Outcome::Succeeded))
+        ]
+    );
+    assert!(r.sched.idle());
+}
+
+#[test]
+fn skip_records_the_overlapping_occurrence_and_buffer_one_runs_one_later() {
+    // skip (the default)
+    let mut r = rig(r#"score = "0 * * * * *""#, t(10, 0, 30));
+    r.sched.tick(t(10, 1, 0));
+    r.sched.tick(t(10, 2, 0));
+    r.sched.tick(t(10, 3, 0));
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 3, 30));
+    assert_eq!(
+        r.outcomes(),
+        [
+            (t(10, 1, 0), Some(Outcome::Succeeded)),
+            (t(10, 2, 0), Some(Outcome::SkippedOverlap)),
+            (t(10, 3, 0), Some(Outcome::SkippedOverlap))
+        ]
+    );
+    // buffer_one: the first overlapping one waits, the second is skipped.
+    let mut r = rig(
+        "score = \"0 * * * * *\"\noverlap = \"buffer_one\"",
+        t(10, 0, 30),
+    );
+    r.sched.tick(t(10, 1, 0));
+    r.sched.tick(t(10, 2, 0));
+    r.sched.tick(t(10, 3, 0));
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 3, 30));
+    assert_eq!(
+        r.fake.started(),
+        [t(10, 1, 0), t(10, 2, 0)],
+        "the buffered one starts"
+    );
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 3, 40));
+    assert_eq!(
+        r.outcomes(),
+        [
+            (t(10, 1, 0), Some(Outcome::Succeeded)),
+            (t(10, 2, 0), Some(Outcome::Succeeded)),
+            (t(10, 3, 0), Some(Outcome::SkippedOverlap))
+        ]
+    );
+}
+
+#[test]
+fn cancel_previous_stops_the_running_attempt_and_starts_the_new_one() {
+    let mut r = rig(
+        "score = \"0 * * * * *\"\noverlap = \"cancel_previous\"",
+        t(10, 0, 30),
+    );
+    r.sched.tick(t(10, 1, 0));
+    r.sched.tick(t(10, 2, 0));
+    assert_eq!(r.fake.0.lock().unwrap().stopped, [(1, Stop::Cancel)]);
+    r.sched.tick(t(10, 2, 1));
+    assert_eq!(r.fake.started(), [t(10, 1, 0), t(10, 2, 0)]);
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 2, 2));
+    assert_eq!(
+        r.outcomes(),
+        [
+            (t(10, 1, 0), Some(Outcome::Cancelled)),
+            (t(10, 2, 0), Some(Outcome::Succeeded))
+        ]
+    );
+}
+
+#[test]
+fn a_retryable_failure_is_retried_after_the_backoff_and_a_final_one_is_not() {
+    let sched = "score = \"0 0 * * * *\"\n[schedule.retries]\nmax_attempts = 3\nbackoff = \"1m\"\nmax_backoff = \"10m\"";
+    let mut r = rig(sched, t(9, 59, 0));
+    r.sched.tick(t(10, 0, 0));
+    r.fake.end_latest(Outcome::Failed, true);
+    r.sched.tick(t(10, 0, 10));
+    r.sched.tick(t(10, 0, 50));
+    assert_eq!(r.fake.started().len(), 1, "waits for the backoff");
+    r.sched.tick(t(10, 1, 11));
+    assert_eq!(
+        r.fake.started(),
+        [t(10, 0, 0), t(10, 0, 0)],
+        "retry 1 after 1 min"
+    );
+    r.fake.end_latest(Outcome::Crashed, true);
+    r.sched.tick(t(10, 1, 20));
+    r.sched.tick(t(10, 3, 0));
+    r.sched.tick(t(10, 3, 21));
+    assert_eq!(r.fake.started().len(), 3, "retry 2 after 2 min");
+    r.fake.end_latest(Outcome::Failed, true);
+    r.sched.tick(t(10, 3, 30));
+    r.sched.tick(t(10, 30, 0));
+    assert_eq!(r.fake.started().len(), 3, "max_attempts = 3");
+    let occ = &r.runs()[0];
+    assert_eq!(occ.final_outcome, Some(Outcome::Failed));
+    let outs: Vec<_> = occ.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(
+        outs,
+        [
+            Some(Outcome::Failed),
+            Some(Outcome::Crashed),
+            Some(Outcome::Failed)
+        ]
+    );
+    // A non-retryable failure (a bad job) is final at once.
+    r.sched.tick(t(11, 0, 0));
+    r.fake.end_latest(Outcome::Failed, false);
+    r.sched.tick(t(11, 0, 1));
+    r.sched.tick(t(11, 10, 0));
+    assert_eq!(r.fake.started().len(), 4);
+    assert_eq!(r.runs()[1].final_outcome, Some(Outcome::Failed));
+}
+
+#[test]
+fn after_downtime_latest_runs_the_last_missed_occurrence_and_records_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut r = rig_in(dir, r#"score = "0 0 * * * *""#, t(9, 59, 0), "first");
+        r.sched.tick(t(10, 0, 0));
+        r.fake.end_latest(Outcome::Succeeded, false);
+        r.sched.tick(t(10, 0, 1));
+        r.sched.release();
+        // "down" from 10:00:01 to 14:30
+        let dir2 = r._dir;
+        let mut r = rig_in(dir2, r#"score = "0 0 * * * *""#, t(14, 30, 0), "second");
+        r.sched.tick(t(14, 30, 0));
+        assert_eq!(
+            r.fake.started(),
+            [t(14, 0, 0)],
+            "only the latest missed one runs"
+        );
+        r.fake.end_latest(Outcome::Succeeded, false);
+        r.sched.tick(t(14, 30, 1));
+        let runs = r.runs();
+        let got: Vec<_> = runs
+            .iter()
+            .map(|o| (o.scheduled_at, o.final_outcome, o.origin.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (t(10, 0, 0), Some(Outcome::Succeeded), "schedule"),
+                (t(11, 0, 0), Some(Outcome::SkippedMissed), "catchup"),
+                (t(12, 0, 0), Some(Outcome::SkippedMissed), "catchup"),
+                (t(13, 0, 0), Some(Outcome::SkippedMissed), "catchup"),
+                (t(14, 0, 0), Some(Outcome::Succeeded), "catchup"),
+            ]
+        );
+        // And the schedule goes on.
+        r.sched.tick(t(15, 0, 0));
+        assert_eq!(r.fake.started(), [t(14, 0, 0), t(15, 0, 0)]);
+    }
+}
+
+#[test]
+fn a_new_holder_records_the_interrupted_attempt_and_runs_the_occurrence_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = rig_in(dir, r#"score = "0 0 * * * *""#, t(9, 59, 0), "first");
+    first.sched.tick(t(10, 0, 0));
+    assert_eq!(first.fake.started().len(), 1);
+    // The first holder dies (no release); its lease expires after 30 s.
+    let Rig {
+        _dir: dir, sched, ..
+    } = first;
+    drop(sched);
+    let mut second = rig_in(dir, r#"score = "0 0 * * * *""#, t(10, 0, 10), "second");
+    second.sched.tick(t(10, 0, 10));
+    assert!(
+        second.fake.started().is_empty(),
+        "the first lease is still live"
+    );
+    assert!(second.sched.token().is_none());
+    second.sched.tick(t(10, 0, 41));
+    assert_eq!(
+        second.fake.started(),
+        [t(10, 0, 0)],
+        "run again under the new lease"
+    );
+    second.fake.end_latest(Outcome::Succeeded, false);
+    second.sched.tick(t(10, 0, 42));
+    let occ = &second.runs()[0];
+    assert_eq!(occ.final_outcome, Some(Outcome::Succeeded));
+    assert_eq!(occ.attempts.len(), 2);
+    assert_eq!(occ.attempts[0].outcome, Some(Outcome::Crashed));
+    assert!(
+        occ.attempts[0]
+            .message
+            .as_deref()
+            .unwrap()
+            .starts_with("interrupted")
+    );
+    assert!(occ.attempts[1].fencing_token > occ.attempts[0].fencing_token);
+}
+
+#[test]
+fn shutdown_stops_runs_without_a_final_outcome_so_they_run_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rig_in(dir, r#"score = "0 0 * * * *""#, t(9, 59, 0), "first");
+    r.sched.tick(t(10, 0, 0));
+    r.sched.stop_all(false);
+    r.sched.tick(t(10, 0, 1));
+    assert!(r.sched.busy(), "a graceful stop lets it run");
+    r.sched.stop_all(true);
+    r.sched.tick(t(10, 0, 2));
+    assert!(!r.sched.busy());
+    r.sched.release();
+    assert_eq!(r.runs()[0].final_outcome, None);
+    assert_eq!(r.runs()[0].attempts[0].outcome, Some(Outcome::Cancelled));
+    let Rig { _dir: dir, .. } = r;
+    let mut next = rig_in(dir, r#"score = "0 0 * * * *""#, t(10, 5, 0), "second");
+    next.sched.tick(t(10, 5, 0));
+    assert_eq!(next.fake.started(), [t(10, 0, 0)]);
+}
