@@ -38,6 +38,9 @@ const MAX_MISSED: usize = 100_000;
 /// this state directory) are picked up.
 const PENDING_POLL: TimeDelta = TimeDelta::seconds(1);
 
+/// How the message of an attempt a stopped daemon left unfinished starts.
+const INTERRUPTED: &str = "interrupted:";
+
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     pub state: PathBuf,
@@ -355,7 +358,7 @@ where
             }
             for a in occ.attempts.iter().filter(|a| a.outcome.is_none()) {
                 let msg = format!(
-                    "interrupted: the daemon running this attempt (fencing token {}) stopped before it ended; the occurrence runs again",
+                    "{INTERRUPTED} the daemon running this attempt (fencing token {}) stopped before it ended; the occurrence runs again",
                     a.fencing_token
                 );
                 if let Err(e) = self.ledger.finish(
@@ -374,12 +377,8 @@ where
                 tracing::warn!(job = %occ.job, kind = %occ.kind, at = %occ.scheduled_at, attempt = a.attempt_no, "{msg}");
             }
             if let Some(st) = self.jobs.get_mut(&occ.job) {
-                st.queue.push_back(Due {
-                    kind: occ.kind,
-                    at: occ.scheduled_at,
-                    origin: occ.origin.clone(),
-                    tries: 0,
-                });
+                let due = resumed(&occ, &st.entry);
+                st.queue.push_back(due);
             }
         }
         let names: Vec<String> = self.jobs.keys().cloned().collect();
@@ -448,6 +447,12 @@ where
                 }
             }
         }
+        // Oldest first; at the same instant the train run first (it scores too).
+        if let Some(st) = self.jobs.get_mut(name) {
+            st.queue
+                .make_contiguous()
+                .sort_by_key(|d| (d.at, d.kind != RunKind::Train));
+        }
     }
 
     /// Occurrences recorded by someone else (a trigger through the API) join their job's
@@ -472,12 +477,8 @@ where
                 continue;
             }
             tracing::info!(job = %occ.job, kind = %occ.kind, at = %occ.scheduled_at, origin = %occ.origin, "queued");
-            st.queue.push_back(Due {
-                kind: occ.kind,
-                at: occ.scheduled_at,
-                origin: occ.origin,
-                tries: 0,
-            });
+            let due = resumed(&occ, &st.entry);
+            st.queue.push_back(due);
         }
     }
 
@@ -493,7 +494,8 @@ where
                 .into_iter()
                 .filter_map(|k| st.next[idx(k)].map(|t| (k, t)))
                 .filter(|&(_, t)| t <= now)
-                .min_by_key(|&(_, t)| t)
+                // At the same instant the train run goes first: it scores too.
+                .min_by_key(|&(k, t)| (t, k != RunKind::Train))
             else {
                 return;
             };
@@ -786,6 +788,37 @@ fn next_fires(entry: &JobEntry, now: DateTime<Utc>) -> [Option<DateTime<Utc>>; 2
         None => [None, None],
         Some(s) => [RunKind::Score, RunKind::Train]
             .map(|k| cron_of(s, k).and_then(|c| next_fire(c, s.timezone, now))),
+    }
+}
+
+/// An occurrence without a final outcome, to run again. Attempts that ended by themselves
+/// (failed, crashed, timed out) count against `max_attempts`; attempts a stopping daemon cut
+/// short (interrupted, cancelled at shutdown) do not. It always gets at least one attempt.
+fn resumed(occ: &crate::ledger::OccurrenceRecord, entry: &JobEntry) -> Due {
+    let max = entry
+        .job
+        .schedule
+        .as_ref()
+        .map_or(1, |s| s.retries.max_attempts);
+    let counted = occ
+        .attempts
+        .iter()
+        .filter(|a| match a.outcome {
+            None | Some(Outcome::Cancelled) => false,
+            Some(Outcome::Crashed) => !a
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with(INTERRUPTED)),
+            Some(_) => true,
+        })
+        .count();
+    Due {
+        kind: occ.kind,
+        at: occ.scheduled_at,
+        origin: occ.origin.clone(),
+        tries: u32::try_from(counted)
+            .unwrap_or(u32::MAX)
+            .min(max.saturating_sub(1)),
     }
 }
 

@@ -387,3 +387,54 @@ fn shutdown_stops_runs_without_a_final_outcome_so_they_run_at_the_next_start() {
     next.sched.tick(t(10, 5, 0));
     assert_eq!(next.fake.started(), [t(10, 0, 0)]);
 }
+
+#[test]
+fn a_train_and_a_score_occurrence_at_the_same_instant_run_the_train_first() {
+    let mut r = rig(
+        "score = \"0 * * * * *\"\ntrain = \"0 */2 * * * *\"",
+        t(10, 1, 30),
+    );
+    r.sched.tick(t(10, 2, 0));
+    let f = r.fake.0.lock().unwrap().started.clone();
+    assert_eq!(f.len(), 1);
+    assert_eq!((f[0].kind, f[0].as_of), (RunKind::Train, t(10, 2, 0)));
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 2, 1));
+    let got: Vec<_> = r.runs().iter().map(|o| (o.kind, o.final_outcome)).collect();
+    assert!(
+        got.contains(&(RunKind::Train, Some(Outcome::Succeeded))),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(RunKind::Score, Some(Outcome::SkippedOverlap))),
+        "{got:?}"
+    );
+}
+
+#[test]
+fn a_resumed_occurrence_keeps_the_attempts_it_used_but_gets_at_least_one_more() {
+    let sched = "score = \"0 0 * * * *\"\n[schedule.retries]\nmax_attempts = 3\nbackoff = \"1m\"";
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = rig_in(dir, sched, t(9, 59, 0), "first");
+    r.sched.tick(t(10, 0, 0));
+    r.fake.end_latest(Outcome::Failed, true);
+    r.sched.tick(t(10, 0, 1));
+    r.sched.tick(t(10, 1, 2));
+    r.fake.end_latest(Outcome::Failed, true);
+    r.sched.tick(t(10, 1, 3));
+    // Two failed attempts; stopped while waiting for the third.
+    r.sched.stop_all(true);
+    r.sched.tick(t(10, 1, 4));
+    r.sched.release();
+    let Rig { _dir: dir, .. } = r;
+    let mut next = rig_in(dir, sched, t(10, 5, 0), "second");
+    next.sched.tick(t(10, 5, 0));
+    assert_eq!(next.fake.started(), [t(10, 0, 0)], "resumed");
+    next.fake.end_latest(Outcome::Failed, true);
+    next.sched.tick(t(10, 5, 1));
+    next.sched.tick(t(10, 30, 0));
+    assert_eq!(next.fake.started().len(), 1, "no fourth attempt: 3 in all");
+    let occ = &next.runs()[0];
+    assert_eq!(occ.final_outcome, Some(Outcome::Failed));
+    assert_eq!(occ.attempts.len(), 3);
+}
