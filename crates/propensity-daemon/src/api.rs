@@ -217,6 +217,37 @@ struct Limit {
     limit: Option<usize>,
 }
 
+/// A location as the API shows it: a URL without credentials, query or fragment (where a
+/// token could hide); anything else as it is.
+fn redact(location: &str) -> String {
+    match url::Url::parse(location) {
+        Ok(mut u) if u.has_host() => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        _ => location.to_owned(),
+    }
+}
+
+/// Redacts every `location` string in a JSON document (run records, reports).
+fn redact_locations(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                match x {
+                    Value::String(s) if k == "location" => *s = redact(s),
+                    _ => redact_locations(x),
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(redact_locations),
+        _ => {}
+    }
+}
+
 async fn runs(
     State(api): St,
     UrlPath(name): UrlPath<String>,
@@ -239,10 +270,13 @@ async fn runs(
             "no job `{name}` is loaded and the ledger has no run of it"
         )));
     }
-    Ok(Json(json!({"job": name, "runs": runs})))
+    let mut doc = json!({"job": name, "runs": runs});
+    redact_locations(&mut doc);
+    Ok(Json(doc))
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct TriggerBody {
     kind: Option<String>,
 }
@@ -250,10 +284,21 @@ struct TriggerBody {
 async fn trigger(
     State(api): St,
     UrlPath(name): UrlPath<String>,
-    body: Option<Json<TriggerBody>>,
+    body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     entry(&api, &name)?;
-    let kind = match body.and_then(|b| b.0.kind).as_deref() {
+    // The body is read as JSON whatever its Content-Type (`curl -d` sends a form type).
+    let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not JSON like {{\"kind\": \"score\"}}: {e}"),
+            )
+        })?
+    };
+    let kind = match body.kind.as_deref() {
         None | Some("score") => RunKind::Score,
         Some("train") => RunKind::Train,
         Some(k) => {
@@ -349,12 +394,14 @@ async fn run(
     let card = run_dir
         .as_ref()
         .and_then(|d| read_json(&d.join("card.json")));
-    Ok(Json(json!({
+    let mut doc = json!({
         "run": occ,
         "report": report,
         "card": card,
         "report_html": run_dir.map(|d| d.join("report.html").display().to_string()),
-    })))
+    });
+    redact_locations(&mut doc);
+    Ok(Json(doc))
 }
 
 async fn profile(
@@ -532,4 +579,31 @@ async fn metrics(State(api): St) -> Result<Response, ApiError> {
         o.0,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_lose_credentials_queries_and_fragments() {
+        assert_eq!(
+            redact("https://user:pw@crm.example.com/hooks/x?token=abc#f"),
+            "https://crm.example.com/hooks/x"
+        );
+        assert_eq!(
+            redact("/var/lib/scores/current.json"),
+            "/var/lib/scores/current.json"
+        );
+        assert_eq!(
+            redact("postgres://app:secret@db:5432/x"),
+            "postgres://db:5432/x"
+        );
+        let mut v = json!({"a": [{"location": "redis://:pw@h:6379/0"}], "location": "plain"});
+        redact_locations(&mut v);
+        assert_eq!(
+            v,
+            json!({"a": [{"location": "redis://h:6379/0"}], "location": "plain"})
+        );
+    }
 }

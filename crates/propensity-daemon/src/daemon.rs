@@ -128,7 +128,7 @@ pub fn serve(opts: DaemonOptions) -> Result<(), DaemonError> {
         opts.state.join("ledger.sqlite").display()
     );
 
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<()>();
     let sched_thread = {
         let shared = shared.clone();
         let opts = opts.clone();
@@ -155,10 +155,13 @@ pub fn serve(opts: DaemonOptions) -> Result<(), DaemonError> {
                     () = signal() => {
                         tracing::info!("stopping: no new runs; running ones get the shutdown grace period");
                         stop_shared.stopping.store(true, Ordering::SeqCst);
-                        let _ = done_rx.await;
+                        let _ = (&mut done_rx).await;
                     }
-                    // The scheduler ended by itself (it cannot, unless it panicked).
-                    _ = wait_closed() => {}
+                    // The scheduler ended by itself: it only does when it panicked. Stop
+                    // serving, so a supervisor restarts the daemon.
+                    _ = &mut done_rx => {
+                        stop_shared.set_leader(false, None);
+                    }
                 }
             })
             .await
@@ -170,10 +173,6 @@ pub fn serve(opts: DaemonOptions) -> Result<(), DaemonError> {
     }
     tracing::info!("daemon stopped");
     Ok(())
-}
-
-async fn wait_closed() {
-    std::future::pending::<()>().await
 }
 
 async fn signal() {

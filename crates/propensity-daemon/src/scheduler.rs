@@ -30,9 +30,13 @@ use crate::runner::{Launcher, RunRequest, RunResult, Stop};
 use crate::schedule::{OverlapAction, next_fire, occurrences, on_due, plan_catchup, retry_delay};
 use crate::shared::{RunningView, Shared};
 
-/// At most this many missed occurrences per job and kind are enumerated after a downtime
-/// (a once-a-second schedule down for a day has 86 400); older ones are not recorded.
-const MAX_MISSED: usize = 100_000;
+/// Missed occurrences are enumerated this many at a time after a downtime (a
+/// once-a-second schedule down for a day has 86 400).
+const MISSED_CHUNK: usize = 10_000;
+
+/// The newest missed occurrences the catch-up policy chooses from (`catchup_limit` is at
+/// most 1 000); older ones are `skipped_missed` whatever the policy.
+const PLAN_WINDOW: usize = 1_000;
 
 /// How often occurrences recorded by others (a trigger through the API of any daemon on
 /// this state directory) are picked up.
@@ -122,6 +126,8 @@ pub struct Scheduler<L: Launcher> {
     shared: Arc<Shared>,
     token: Option<u64>,
     last_lease: Option<DateTime<Utc>>,
+    /// Until when this daemon's lease is known to hold (its last acquire or renewal + TTL).
+    lease_until: Option<DateTime<Utc>>,
     last_pending: Option<DateTime<Utc>>,
     jobs: BTreeMap<String, JobState<L::Handle>>,
     stopping: bool,
@@ -139,6 +145,7 @@ where
             shared,
             token: None,
             last_lease: None,
+            lease_until: None,
             last_pending: None,
             jobs: BTreeMap::new(),
             stopping: false,
@@ -272,6 +279,15 @@ where
     }
 
     fn keep_lease(&mut self, now: DateTime<Utc>) {
+        let ttl = TimeDelta::from_std(self.cfg.lease_ttl).unwrap_or(TimeDelta::seconds(15));
+        // A lease that could not be renewed in time may be another daemon's by now: stop
+        // before that daemon runs the same occurrences.
+        if self.token.is_some() && self.lease_until.is_some_and(|u| now >= u) {
+            tracing::error!(
+                "the lease could not be renewed before it expired: stopping this daemon's runs and scheduling"
+            );
+            self.lose_lease();
+        }
         let every = TimeDelta::from_std(self.cfg.lease_ttl / 3).unwrap_or(TimeDelta::seconds(1));
         if self.last_lease.is_some_and(|t| now - t < every) {
             return;
@@ -283,7 +299,7 @@ where
                     .ledger
                     .renew_lease(&self.cfg.holder, tok, self.cfg.lease_ttl, now)
                 {
-                    Ok(true) => {}
+                    Ok(true) => self.lease_until = Some(now + ttl),
                     Ok(false) => {
                         tracing::error!(
                             token = tok,
@@ -305,6 +321,7 @@ where
                     Ok(Some(tok)) => {
                         tracing::info!(token = tok, holder = %self.cfg.holder, "lease acquired: this daemon schedules");
                         self.token = Some(tok);
+                        self.lease_until = Some(now + ttl);
                         self.shared.set_leader(true, Some(tok));
                         self.take_over(now);
                     }
@@ -321,6 +338,7 @@ where
 
     fn lose_lease(&mut self) {
         self.token = None;
+        self.lease_until = None;
         self.shared.set_leader(false, None);
         for j in self.jobs.values_mut() {
             if let Some(Active::Running { handle, .. }) = &mut j.active {
@@ -343,49 +361,78 @@ where
 
     /// Resume what a previous holder left without an outcome, then catch up.
     fn take_over(&mut self, now: DateTime<Utc>) {
-        let Some(tok) = self.token else { return };
+        if self.token.is_none() {
+            return;
+        }
+        // A standby fired nothing: its fire times start now (what it missed is the
+        // catch-up's, and a time already in the ledger is not fired again).
+        let from = now - TimeDelta::microseconds(1);
+        for st in self.jobs.values_mut() {
+            st.next = next_fires(&st.entry, from);
+        }
         let pending = match self.ledger.pending() {
             Ok(p) => p,
             Err(e) => return self.fenced(&e),
         };
         for occ in pending {
-            let Some(st) = self.jobs.get(&occ.job) else {
+            // Nothing runs under this lease yet: every unfinished attempt is interrupted
+            // (also one of this daemon's own, if it lost the lease and got it back).
+            if !self.close_interrupted(&occ, true, now) {
+                return;
+            }
+            let Some(st) = self.jobs.get_mut(&occ.job) else {
                 tracing::warn!(job = %occ.job, kind = %occ.kind, at = %occ.scheduled_at, "an occurrence without an outcome belongs to a job that is not loaded; it stays pending");
                 continue;
             };
             if known(st, occ.kind, occ.scheduled_at) {
                 continue;
             }
-            for a in occ.attempts.iter().filter(|a| a.outcome.is_none()) {
-                let msg = format!(
-                    "{INTERRUPTED} the daemon running this attempt (fencing token {}) stopped before it ended; the occurrence runs again",
-                    a.fencing_token
-                );
-                if let Err(e) = self.ledger.finish(
-                    &occ.job,
-                    occ.kind,
-                    occ.scheduled_at,
-                    a.attempt_no,
-                    tok,
-                    Outcome::Crashed,
-                    Some(&msg),
-                    false,
-                    now,
-                ) {
-                    return self.fenced(&e);
-                }
-                tracing::warn!(job = %occ.job, kind = %occ.kind, at = %occ.scheduled_at, attempt = a.attempt_no, "{msg}");
-            }
-            if let Some(st) = self.jobs.get_mut(&occ.job) {
-                let due = resumed(&occ, &st.entry);
-                st.queue.push_back(due);
-            }
+            let due = resumed(&occ, &st.entry);
+            st.queue.push_back(due);
         }
         let names: Vec<String> = self.jobs.keys().cloned().collect();
         for n in names {
             self.catch_up(&n, now);
         }
         self.last_pending = Some(now);
+    }
+
+    /// Records the attempts of `occ` that an earlier lease holder left unfinished as
+    /// `crashed` ("interrupted"): those with an older token, or with `all` every unfinished
+    /// one. Returns `false` when the lease is gone.
+    fn close_interrupted(
+        &mut self,
+        occ: &crate::ledger::OccurrenceRecord,
+        all: bool,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let Some(tok) = self.token else { return false };
+        for a in occ
+            .attempts
+            .iter()
+            .filter(|a| a.outcome.is_none() && (all || a.fencing_token < tok))
+        {
+            let msg = format!(
+                "{INTERRUPTED} the daemon running this attempt (fencing token {}) stopped before it ended; the occurrence runs again",
+                a.fencing_token
+            );
+            if let Err(e) = self.ledger.finish(
+                &occ.job,
+                occ.kind,
+                occ.scheduled_at,
+                a.attempt_no,
+                tok,
+                Outcome::Crashed,
+                Some(&msg),
+                false,
+                now,
+            ) {
+                self.fenced(&e);
+                return self.token.is_some();
+            }
+            tracing::warn!(job = %occ.job, kind = %occ.kind, at = %occ.scheduled_at, attempt = a.attempt_no, "{msg}");
+        }
+        true
     }
 
     /// Records or queues the occurrences of `name` missed since its latest one in the
@@ -410,14 +457,43 @@ where
                 Ok(None) => continue,
                 Err(e) => return self.fenced(&e),
             };
-            let cands = occurrences(cron, sched.timezone, last, now, MAX_MISSED);
-            if cands.len() == MAX_MISSED {
-                tracing::warn!(job = %name, kind = %kind, "more than {MAX_MISSED} occurrences were missed; only the earliest {MAX_MISSED} are recorded");
+            // Enumerated in chunks, so a long downtime of a frequent schedule is recorded
+            // whole; only the newest `PLAN_WINDOW` are planned (catchup_limit <= 1000), the
+            // older ones are `skipped_missed` as they are found.
+            let mut from = last;
+            let mut missed: Vec<DateTime<Utc>> = Vec::new();
+            let mut skipped_early = 0usize;
+            loop {
+                let chunk = occurrences(cron, sched.timezone, from, now, MISSED_CHUNK);
+                let full = chunk.len() == MISSED_CHUNK;
+                if let Some(&l) = chunk.last() {
+                    from = l;
+                }
+                match self.ledger.missed_since(name, kind, &chunk) {
+                    Ok(m) => missed.extend(m),
+                    Err(e) => return self.fenced(&e),
+                }
+                if missed.len() > PLAN_WINDOW {
+                    let old: Vec<_> = missed.drain(..missed.len() - PLAN_WINDOW).collect();
+                    skipped_early += old.len();
+                    if let Err(e) = self.ledger.record_skips(
+                        name,
+                        kind,
+                        &old,
+                        Outcome::SkippedMissed,
+                        "catchup",
+                        tok,
+                    ) {
+                        return self.fenced(&e);
+                    }
+                }
+                if !full {
+                    break;
+                }
             }
-            let missed = match self.ledger.missed_since(name, kind, &cands) {
-                Ok(m) => m,
-                Err(e) => return self.fenced(&e),
-            };
+            if skipped_early > 0 {
+                tracing::warn!(job = %name, kind = %kind, skipped_early, "a long downtime: the oldest missed occurrences were recorded as skipped_missed");
+            }
             if missed.is_empty() {
                 continue;
             }
@@ -466,16 +542,26 @@ where
             Ok(p) => p,
             Err(e) => return self.fenced(&e),
         };
+        let tok = self.token.unwrap_or(0);
         for occ in pending {
-            let Some(st) = self.jobs.get_mut(&occ.job) else {
+            let Some(st) = self.jobs.get(&occ.job) else {
                 continue;
             };
             if st.removed
                 || known(st, occ.kind, occ.scheduled_at)
-                || occ.attempts.iter().any(|a| a.outcome.is_none())
+                || occ
+                    .attempts
+                    .iter()
+                    .any(|a| a.outcome.is_none() && a.fencing_token >= tok)
             {
                 continue;
             }
+            if !self.close_interrupted(&occ, false, now) {
+                return;
+            }
+            let Some(st) = self.jobs.get_mut(&occ.job) else {
+                continue;
+            };
             tracing::info!(job = %occ.job, kind = %occ.kind, at = %occ.scheduled_at, origin = %occ.origin, "queued");
             let due = resumed(&occ, &st.entry);
             st.queue.push_back(due);
@@ -501,6 +587,23 @@ where
             };
             st.next[idx(kind)] =
                 cron_of(&sched, kind).and_then(|c| next_fire(c, sched.timezone, at));
+            let new = match self.ledger.record_due_as(name, kind, at, "schedule") {
+                Ok(new) => new,
+                Err(e) => {
+                    // Not recorded: it falls due again at the next tick.
+                    if let Some(st) = self.jobs.get_mut(name) {
+                        st.next[idx(kind)] = Some(at);
+                    }
+                    return self.fenced(&e);
+                }
+            };
+            if !new {
+                // Already in the ledger (resumed, caught up or triggered): handled there.
+                continue;
+            }
+            let Some(st) = self.jobs.get_mut(name) else {
+                return;
+            };
             let due = Due {
                 kind,
                 at,
@@ -508,15 +611,16 @@ where
                 tries: 0,
             };
             let busy = st.active.is_some() || !st.queue.is_empty();
-            match on_due(sched.overlap, busy, st.buffered.is_some()) {
-                OverlapAction::Start => {
-                    if let Err(e) = self.ledger.record_due_as(name, kind, at, "schedule") {
-                        return self.fenced(&e);
-                    }
-                    if let Some(st) = self.jobs.get_mut(name) {
-                        st.queue.push_back(due);
-                    }
-                }
+            // A score occurrence at the instant of a train occurrence of the same job is
+            // covered by the train run, whatever the overlap policy.
+            let covered = kind == RunKind::Score && known(st, RunKind::Train, at);
+            let action = if covered {
+                OverlapAction::SkipOverlap
+            } else {
+                on_due(sched.overlap, busy, st.buffered.is_some())
+            };
+            match action {
+                OverlapAction::Start => st.queue.push_back(due),
                 OverlapAction::SkipOverlap => {
                     let Some(tok) = self.token else { return };
                     tracing::info!(job = %name, kind = %kind, at = %at, "skipped: the previous run of the job is still going (overlap = {:?})", sched.overlap);
@@ -527,21 +631,8 @@ where
                         return self.fenced(&e);
                     }
                 }
-                OverlapAction::Buffer => {
-                    if let Err(e) = self.ledger.record_due_as(name, kind, at, "schedule") {
-                        return self.fenced(&e);
-                    }
-                    if let Some(st) = self.jobs.get_mut(name) {
-                        st.buffered = Some(due);
-                    }
-                }
+                OverlapAction::Buffer => st.buffered = Some(due),
                 OverlapAction::CancelPreviousThenStart => {
-                    if let Err(e) = self.ledger.record_due_as(name, kind, at, "schedule") {
-                        return self.fenced(&e);
-                    }
-                    let Some(st) = self.jobs.get_mut(name) else {
-                        return;
-                    };
                     match &mut st.active {
                         Some(Active::Running {
                             handle, stopping, ..

@@ -114,6 +114,17 @@ struct Rig {
 }
 
 fn rig_in(dir: tempfile::TempDir, schedule: &str, now: DateTime<Utc>, holder: &str) -> Rig {
+    rig_ttl(dir, schedule, now, holder, Duration::from_secs(3600))
+}
+
+/// The fake clock jumps minutes between ticks: the lease lives an hour unless a test says.
+fn rig_ttl(
+    dir: tempfile::TempDir,
+    schedule: &str,
+    now: DateTime<Utc>,
+    holder: &str,
+    lease_ttl: Duration,
+) -> Rig {
     let path = dir.path().join("ledger.sqlite");
     let fake = FakeLauncher::default();
     let shared = Arc::new(Shared::new(
@@ -124,7 +135,7 @@ fn rig_in(dir: tempfile::TempDir, schedule: &str, now: DateTime<Utc>, holder: &s
     let cfg = SchedulerConfig {
         state: dir.path().into(),
         holder: holder.into(),
-        lease_ttl: Duration::from_secs(30),
+        lease_ttl,
         fire: true,
     };
     let mut sched = Scheduler::new(cfg, Ledger::open(&path).unwrap(), fake.clone(), shared);
@@ -331,7 +342,8 @@ fn after_downtime_latest_runs_the_last_missed_occurrence_and_records_the_others(
 #[test]
 fn a_new_holder_records_the_interrupted_attempt_and_runs_the_occurrence_again() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = rig_in(dir, r#"score = "0 0 * * * *""#, t(9, 59, 0), "first");
+    let ttl = Duration::from_secs(30);
+    let mut first = rig_ttl(dir, r#"score = "0 0 * * * *""#, t(9, 59, 0), "first", ttl);
     first.sched.tick(t(10, 0, 0));
     assert_eq!(first.fake.started().len(), 1);
     // The first holder dies (no release); its lease expires after 30 s.
@@ -339,7 +351,7 @@ fn a_new_holder_records_the_interrupted_attempt_and_runs_the_occurrence_again() 
         _dir: dir, sched, ..
     } = first;
     drop(sched);
-    let mut second = rig_in(dir, r#"score = "0 0 * * * *""#, t(10, 0, 10), "second");
+    let mut second = rig_ttl(dir, r#"score = "0 0 * * * *""#, t(10, 0, 10), "second", ttl);
     second.sched.tick(t(10, 0, 10));
     assert!(
         second.fake.started().is_empty(),
@@ -437,4 +449,50 @@ fn a_resumed_occurrence_keeps_the_attempts_it_used_but_gets_at_least_one_more() 
     let occ = &next.runs()[0];
     assert_eq!(occ.final_outcome, Some(Outcome::Failed));
     assert_eq!(occ.attempts.len(), 3);
+}
+
+#[test]
+fn a_lease_not_renewed_in_time_stops_the_runs_and_a_regained_one_closes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let ttl = Duration::from_secs(30);
+    let mut r = rig_ttl(dir, r#"score = "0 0 * * * *""#, t(9, 59, 0), "only", ttl);
+    r.sched.tick(t(10, 0, 0));
+    assert_eq!(r.fake.started().len(), 1);
+    // The daemon is paused for 40 s: past its lease.
+    r.sched.tick(t(10, 0, 40));
+    let stopped = r.fake.0.lock().unwrap().stopped.clone();
+    assert_eq!(stopped, [(1, Stop::Cancel)], "its run is stopped");
+    // It got the lease back (no one else wanted it): the stopped attempt is closed as
+    // interrupted and the occurrence runs again, once.
+    assert_eq!(r.fake.started(), [t(10, 0, 0), t(10, 0, 0)]);
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 0, 41));
+    let occ = &r.runs()[0];
+    assert_eq!(occ.final_outcome, Some(Outcome::Succeeded));
+    let outs: Vec<_> = occ.attempts.iter().map(|a| a.outcome).collect();
+    assert_eq!(outs, [Some(Outcome::Crashed), Some(Outcome::Succeeded)]);
+}
+
+#[test]
+fn a_score_at_the_instant_of_a_train_is_covered_even_with_cancel_previous() {
+    let mut r = rig(
+        "score = \"0 * * * * *\"\ntrain = \"0 */2 * * * *\"\noverlap = \"cancel_previous\"",
+        t(10, 1, 30),
+    );
+    r.sched.tick(t(10, 2, 0));
+    assert!(
+        r.fake.0.lock().unwrap().stopped.is_empty(),
+        "the train run is not cancelled"
+    );
+    r.fake.end_latest(Outcome::Succeeded, false);
+    r.sched.tick(t(10, 2, 1));
+    let got: Vec<_> = r.runs().iter().map(|o| (o.kind, o.final_outcome)).collect();
+    assert!(
+        got.contains(&(RunKind::Train, Some(Outcome::Succeeded))),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(RunKind::Score, Some(Outcome::SkippedOverlap))),
+        "{got:?}"
+    );
 }
