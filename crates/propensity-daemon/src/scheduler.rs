@@ -195,7 +195,14 @@ where
                 Some(st) => {
                     tracing::info!(job = %name, file = %entry.file.display(), "job reloaded");
                     st.entry = entry.clone();
-                    st.next = next;
+                    // An occurrence that fell due before the change was seen still runs.
+                    let removed = st.removed;
+                    for (cur, new) in st.next.iter_mut().zip(next) {
+                        *cur = match (*cur, new) {
+                            (Some(old), Some(_)) if old <= now && !removed => Some(old),
+                            (_, new) => new,
+                        };
+                    }
                     st.removed = false;
                 }
                 None => {

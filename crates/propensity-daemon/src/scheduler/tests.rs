@@ -496,3 +496,15 @@ fn a_score_at_the_instant_of_a_train_is_covered_even_with_cancel_previous() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_reload_right_after_a_fire_time_keeps_that_occurrence() {
+    let mut r = rig(r#"score = "0 * * * * *""#, t(10, 0, 30));
+    r.sched.tick(t(10, 0, 30));
+    // The file changes (a new timeout) and is read just after 10:01, before the tick.
+    let set = entry("score = \"0 * * * * *\"\ntimeout = \"1h\"");
+    r.sched
+        .set_jobs(&set, t(10, 1, 0) + TimeDelta::milliseconds(100));
+    r.sched.tick(t(10, 1, 0) + TimeDelta::milliseconds(150));
+    assert_eq!(r.fake.started(), [t(10, 1, 0)]);
+}
