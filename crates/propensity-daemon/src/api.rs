@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 
 use crate::jobs::JobEntry;
 use crate::ledger::{Ledger, Outcome, RunKind};
-use crate::shared::Shared;
+use crate::shared::{Counts, Shared};
 
 /// The API's state: what the scheduler shares, a ledger connection of its own and the
 /// token.
@@ -108,16 +108,12 @@ async fn healthz(State(api): St, headers: HeaderMap) -> Json<Value> {
     }
     let s = &api.shared;
     let (leader, token) = s.leader();
-    let (jobs, broken) = s
-        .jobs
-        .read()
-        .map(|j| (j.jobs.len(), j.broken.len()))
-        .unwrap_or_default();
-    let (running, queued) = s
-        .schedule
-        .read()
-        .map(|v| (v.running.len(), v.queued))
-        .unwrap_or_default();
+    let Counts {
+        jobs,
+        broken,
+        running,
+        queued,
+    } = s.counts();
     Json(json!({
         "status": "ok",
         "leader": leader,
@@ -534,16 +530,12 @@ async fn metrics(State(api): St) -> Result<Response, ApiError> {
         o.sample(name, &[("job", job), ("sink", sink)], n);
     }
     drop(m);
-    let (jobs, broken) = s
-        .jobs
-        .read()
-        .map(|j| (j.jobs.len(), j.broken.len()))
-        .unwrap_or_default();
-    let (running, queued) = s
-        .schedule
-        .read()
-        .map(|v| (v.running.len(), v.queued))
-        .unwrap_or_default();
+    let Counts {
+        jobs,
+        broken,
+        running,
+        queued,
+    } = s.counts();
     let (leader, _) = s.leader();
     for (name, help, v) in [
         ("propensity_jobs_loaded", "Job files loaded.", jobs),

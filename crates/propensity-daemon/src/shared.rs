@@ -74,6 +74,15 @@ impl Metrics {
     }
 }
 
+/// Jobs loaded and broken, attempts running and occurrences queued, right now.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counts {
+    pub jobs: usize,
+    pub broken: usize,
+    pub running: usize,
+    pub queued: usize,
+}
+
 /// Shared between the scheduler thread and the API.
 #[derive(Debug)]
 pub struct Shared {
@@ -116,6 +125,25 @@ impl Shared {
         let l = self.leader.load(Ordering::SeqCst);
         let t = self.token.load(Ordering::SeqCst);
         (l, (t > 0).then_some(t))
+    }
+
+    pub fn counts(&self) -> Counts {
+        let (jobs, broken) = self
+            .jobs
+            .read()
+            .map(|j| (j.jobs.len(), j.broken.len()))
+            .unwrap_or_default();
+        let (running, queued) = self
+            .schedule
+            .read()
+            .map(|v| (v.running.len(), v.queued))
+            .unwrap_or_default();
+        Counts {
+            jobs,
+            broken,
+            running,
+            queued,
+        }
     }
 
     pub fn set_jobs(&self, set: JobSet) {
