@@ -296,13 +296,14 @@ pub fn backfill(opts: &BackfillOptions) -> Result<BackfillReport, DaemonError> {
     let text = std::fs::read_to_string(&opts.job_file)
         .map_err(|e| user(format!("cannot read `{}`: {e}", opts.job_file.display())))?;
     let shown = opts.job_file.display().to_string();
-    let job = propensity_config::load_str(&text, &shown).map_err(|d| {
-        let lines: Vec<String> = d.iter().map(ToString::to_string).collect();
+    // Loaded as the daemon loads a file of its jobs directory.
+    let entry = crate::jobs::load(&opts.job_file, &text).map_err(|problems| {
         user(format!(
             "`{shown}` is not a valid job:\n{}",
-            lines.join("\n")
+            problems.join("\n")
         ))
     })?;
+    let job = entry.job.clone();
     let Some(sched) = job.schedule.clone() else {
         return Err(user(format!(
             "`{shown}` has no [schedule]: backfill runs a job's scheduled occurrences (use `propensity run --as-of` for one run)"
@@ -389,10 +390,7 @@ pub fn backfill(opts: &BackfillOptions) -> Result<BackfillReport, DaemonError> {
     let holder = holder("backfill");
     let shared = Arc::new(Shared::new(
         opts.state.clone(),
-        opts.job_file
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
+        entry.dir.clone(),
         holder.clone(),
     ));
     let cfg = SchedulerConfig {
@@ -406,19 +404,7 @@ pub fn backfill(opts: &BackfillOptions) -> Result<BackfillReport, DaemonError> {
     };
     let mut sched = Scheduler::new(cfg, ledger, launcher, shared);
     let mut set = JobSet::default();
-    set.jobs.insert(
-        job.name.clone(),
-        crate::jobs::JobEntry {
-            file: opts.job_file.clone(),
-            dir: opts
-                .job_file
-                .parent()
-                .map(Path::to_path_buf)
-                .unwrap_or_default(),
-            job: Arc::new(job.clone()),
-            text: text.into(),
-        },
-    );
+    set.jobs.insert(job.name.clone(), entry);
     sched.set_jobs(&set, Utc::now());
     sched.tick(Utc::now());
     if sched.token().is_none() {

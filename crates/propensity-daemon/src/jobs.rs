@@ -135,7 +135,8 @@ impl JobDir {
     }
 }
 
-fn load(file: &Path, text: &str) -> Loaded {
+/// Loads one job file's text: the job, or every problem as `validate` prints it.
+pub(crate) fn load(file: &Path, text: &str) -> Loaded {
     let shown = file.display().to_string();
     match propensity_config::load_str(text, &shown) {
         Ok(job) => {

@@ -1030,38 +1030,25 @@ impl Ledger {
         scheduled_at: DateTime<Utc>,
     ) -> Result<Option<OccurrenceRecord>, LedgerError> {
         let at = ts(scheduled_at);
-        self.read(|tx| match find_occurrence(tx, job, kind, &at)? {
-            None => Ok(None),
-            Some((id, fin)) => Ok(Some(load(tx, id, job.to_owned(), kind, scheduled_at, fin)?)),
+        self.read(|tx| {
+            let found = load_where(
+                tx,
+                "job = ?1 AND kind = ?2 AND scheduled_at = ?3",
+                params![job, kind.as_str(), at],
+            )?;
+            Ok(found.into_iter().next())
         })
     }
 
     /// The `limit` most recent occurrences of `job` (both kinds), newest first.
     pub fn runs(&self, job: &str, limit: usize) -> Result<Vec<OccurrenceRecord>, LedgerError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|tx| {
-            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let mut stmt = tx.prepare(
-                "SELECT id, kind, scheduled_at, final_outcome FROM occurrences
-                 WHERE job = ?1 ORDER BY scheduled_at DESC, kind LIMIT ?2",
-            )?;
-            let rows = stmt
-                .query_map(params![job, limit], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, kind, at, fin)| {
-                    let kind = parse_kind(kind)?;
-                    let at = parse_ts("occurrences.scheduled_at", at)?;
-                    let fin = parse_outcome("occurrences.final_outcome", fin)?;
-                    load(tx, id, job.to_owned(), kind, at, fin)
-                })
-                .collect()
+            load_where(
+                tx,
+                "job = ?1 ORDER BY scheduled_at DESC, kind LIMIT ?2",
+                params![job, limit],
+            )
         })
     }
 
@@ -1106,27 +1093,11 @@ impl Ledger {
     /// unfinished, to resume.
     pub fn pending(&self) -> Result<Vec<OccurrenceRecord>, LedgerError> {
         self.read(|tx| {
-            let mut stmt = tx.prepare(
-                "SELECT id, job, kind, scheduled_at FROM occurrences
-                 WHERE final_outcome IS NULL ORDER BY scheduled_at, job, kind",
-            )?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                    ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            rows.into_iter()
-                .map(|(id, job, kind, at)| {
-                    let kind = parse_kind(kind)?;
-                    let at = parse_ts("occurrences.scheduled_at", at)?;
-                    load(tx, id, job, kind, at, None)
-                })
-                .collect()
+            load_where(
+                tx,
+                "final_outcome IS NULL ORDER BY scheduled_at, job, kind",
+                [],
+            )
         })
     }
 
@@ -1196,15 +1167,47 @@ impl Ledger {
     }
 }
 
-/// Loads an occurrence's attempts and publications.
-fn load(
+/// The occurrences matching `filter` (an SQL condition, with any ORDER BY and LIMIT),
+/// each with its attempts and publications.
+fn load_where(
     tx: &Connection,
-    id: i64,
-    job: String,
-    kind: RunKind,
-    scheduled_at: DateTime<Utc>,
-    final_outcome: Option<Outcome>,
-) -> Result<OccurrenceRecord, Fail> {
+    filter: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<OccurrenceRecord>, Fail> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT id, job, kind, scheduled_at, final_outcome, origin FROM occurrences WHERE {filter}"
+    ))?;
+    type Head = (i64, String, String, String, Option<String>, String);
+    let rows = stmt
+        .query_map(params, |r| -> rusqlite::Result<Head> {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.into_iter()
+        .map(|(id, job, kind, at, fin, origin)| {
+            let head = OccurrenceRecord {
+                job,
+                kind: parse_kind(kind)?,
+                scheduled_at: parse_ts("occurrences.scheduled_at", at)?,
+                final_outcome: parse_outcome("occurrences.final_outcome", fin)?,
+                origin,
+                attempts: Vec::new(),
+                publications: Vec::new(),
+            };
+            load(tx, id, head)
+        })
+        .collect()
+}
+
+/// Fills in an occurrence's attempts and publications.
+fn load(tx: &Connection, id: i64, head: OccurrenceRecord) -> Result<OccurrenceRecord, Fail> {
     let mut stmt = tx.prepare(
         "SELECT attempt_no, fencing_token, started_at, finished_at, outcome, message, run_id
          FROM attempts WHERE occurrence_id = ?1 ORDER BY attempt_no",
@@ -1257,10 +1260,6 @@ fn load(
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    let origin: String =
-        tx.query_row("SELECT origin FROM occurrences WHERE id = ?1", [id], |r| {
-            r.get(0)
-        })?;
     let publications = rows
         .into_iter()
         .map(|(no, sink, status, rows, location)| {
@@ -1274,13 +1273,9 @@ fn load(
         })
         .collect::<Result<Vec<_>, Fail>>()?;
     Ok(OccurrenceRecord {
-        job,
-        kind,
-        scheduled_at,
-        final_outcome,
-        origin,
         attempts,
         publications,
+        ..head
     })
 }
 
