@@ -338,3 +338,126 @@ pub fn watch_parent() {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A stand-in for `propensity`: a shell script that ignores its arguments.
+    fn launcher(dir: &Path, body: &str) -> ChildLauncher {
+        let exe = dir.join("fake-propensity");
+        std::fs::write(&exe, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ChildLauncher { exe }
+    }
+
+    fn request(dir: &Path, timeout: Option<Duration>, max_memory: Option<u64>) -> RunRequest {
+        RunRequest {
+            job: "job".into(),
+            file: dir.join("job.toml"),
+            kind: RunKind::Score,
+            as_of: DateTime::from_timestamp(1_800_000_000, 0).unwrap(),
+            attempt_no: 1,
+            state: dir.to_path_buf(),
+            timeout,
+            max_memory,
+        }
+    }
+
+    /// Polls until the attempt ends (at most 30 s).
+    fn wait(l: &mut ChildLauncher, h: &mut ChildRun) -> RunResult {
+        let start = Instant::now();
+        loop {
+            if let Some(r) = l.poll(h) {
+                return r;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the attempt did not end"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    #[test]
+    fn a_run_over_its_timeout_is_stopped_as_timed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = launcher(dir.path(), "exec sleep 30");
+        let start = Instant::now();
+        let mut h = l
+            .start(&request(dir.path(), Some(Duration::from_millis(500)), None))
+            .unwrap();
+        let r = wait(&mut l, &mut h);
+        assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+        assert!(!r.retryable);
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_run_over_its_memory_limit_is_stopped_as_crashed_with_the_figures() {
+        let dir = tempfile::tempdir().unwrap();
+        // `tail` keeps an endless line in memory: it grows until stopped.
+        let mut l = launcher(dir.path(), "exec tail /dev/zero");
+        let mut h = l.start(&request(dir.path(), None, Some(64 << 20))).unwrap();
+        let r = wait(&mut l, &mut h);
+        assert_eq!(r.outcome, Outcome::Crashed, "{r:?}");
+        let m = r.message.unwrap_or_default();
+        assert!(m.contains("max_memory") && m.contains("64 MiB"), "{m}");
+        assert!(!r.retryable);
+    }
+
+    #[test]
+    fn exit_statuses_and_signals_map_to_outcomes() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("exit 0", Outcome::Succeeded, false),
+            (
+                "echo 'error: a bad job' >&2; exit 2",
+                Outcome::Failed,
+                false,
+            ),
+            (
+                "echo 'error: the sink is down' >&2; exit 3",
+                Outcome::Failed,
+                true,
+            ),
+            ("exit 70", Outcome::Failed, false),
+            ("exit 101", Outcome::Crashed, true),
+            ("kill -SEGV $$", Outcome::Crashed, true),
+        ];
+        for (body, outcome, retryable) in cases {
+            let mut l = launcher(dir.path(), body);
+            let mut h = l.start(&request(dir.path(), None, None)).unwrap();
+            let r = wait(&mut l, &mut h);
+            assert_eq!(
+                (r.outcome, r.retryable),
+                (outcome, retryable),
+                "{body}: {r:?}"
+            );
+            if body.contains("error:") {
+                assert!(
+                    r.message.as_deref().unwrap_or("").starts_with("error:"),
+                    "{r:?}"
+                );
+            }
+            if body.contains("SEGV") {
+                assert!(
+                    r.message.as_deref().unwrap_or("").contains("SIGSEGV"),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_stopped_run_is_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = launcher(dir.path(), "exec sleep 30");
+        let mut h = l.start(&request(dir.path(), None, None)).unwrap();
+        l.stop(&mut h, Stop::Shutdown);
+        let r = wait(&mut l, &mut h);
+        assert_eq!(r.outcome, Outcome::Cancelled, "{r:?}");
+    }
+}
