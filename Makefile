@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help demo build plugins test lint fmt schema golden bench bench-models bench-candidates bench-sinks
+.PHONY: help demo build plugins test lint fmt schema golden bench bench-models bench-candidates bench-sinks bench-quality
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ golden: ## Rewrite golden files (tests/data/bad/*.expected, the schema) after a 
 bench-models: ## GBDT / logistic / SVM against LightGBM on the same features (needs `pip install lightgbm numpy pyarrow scikit-learn`); see bench/README.md
 	$(CARGO) build --locked -p propensity-cli
 	python3 bench/models.py
+
+bench-quality: ## The untuned job against recency, RFM, BG/NBD, Pareto/NBD and LightGBM on real next-window outcomes (needs `pip install numpy pandas pyarrow lightgbm scikit-learn scipy lifetimes`); see bench/README.md
+	$(CARGO) build --locked -p propensity-cli
+	python3 bench/quality.py
 
 bench-sinks: ## Rows per second published per sink for 1M score rows, each beside a plain-client reference (needs PostgreSQL and Redis on loopback); see bench/README.md
 	$(CARGO) run --locked -q -p propensity-runtime --example sink_bench > bench/results-sinks.json

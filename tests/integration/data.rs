@@ -47,7 +47,8 @@ fn generated_data_gives_labels_features_and_a_passing_report() {
         "test.ping events are excluded"
     );
     assert_eq!(r.events.counts.invalid(), 0);
-    assert_eq!(r.cutoffs.len(), 3);
+    // Three fit cutoffs and three search cutoffs a window before them.
+    assert_eq!(r.cutoffs.len(), 6);
     for c in &r.cutoffs {
         assert!(
             c.counts.positives > 0 && c.counts.negatives > c.counts.positives,
@@ -77,7 +78,11 @@ fn generated_data_gives_labels_features_and_a_passing_report() {
         );
     }
     // No feature reads a goal label: the label-window purchases are after the cutoff.
-    assert_eq!(table.len(), 4, "3 training cutoffs and the scoring cutoff");
+    assert_eq!(
+        table.len(),
+        7,
+        "3 fit cutoffs, 3 search cutoffs and the scoring cutoff"
+    );
 }
 
 #[test]
@@ -266,6 +271,45 @@ fn label(l: &propensity_engine::Loaded, cutoff: DateTime<Utc>, profile: &str) ->
         .and_then(|r| r.0)
 }
 
+/// Regression test for #16: two orders of one customer on one day with different values
+/// were removed as "exact duplicate events" because only time, type and flags were compared.
+/// By default every row is an event; identical rows are counted, not removed.
+#[test]
+fn same_day_orders_are_not_duplicates() {
+    let rt = runtime();
+    let dir = temp_dir("same-day");
+    let csv = "profile_id,ts,kind,amount\n\
+               a,2026-05-08,buy,20.5\n\
+               a,2026-05-08,buy,7.25\n\
+               a,2026-05-08,buy,7.25\n\
+               b,2026-05-02,buy,5\n";
+    let path = write(&dir, "events.csv", csv);
+    let as_of = t("2026-05-21T00:00:00Z");
+    // The job reads `amount`: the first two orders differ in it; the last two are identical
+    // in every field read.
+    let l = rt
+        .block_on(load(&flat_job(&path, ""), &dir, &[], as_of))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = &l.report.events.counts;
+    assert_eq!(
+        (c.events_kept, c.duplicate_events, c.identical_events),
+        (4, 0, 1)
+    );
+    let cut = t("2026-05-11T00:00:00Z");
+    assert_eq!(feature(&l, cut, "a", "buy_count_7d"), Some(3.0));
+    assert_eq!(feature(&l, cut, "a", "amount_sum_7d"), Some(35.0));
+    // With dedupe on, only the identical pair collapses: the other same-day order stays.
+    let l = rt
+        .block_on(load(&flat_job(&path, "dedupe = true"), &dir, &[], as_of))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = &l.report.events.counts;
+    assert_eq!(
+        (c.events_kept, c.duplicate_events, c.identical_events),
+        (3, 1, 0)
+    );
+    assert_eq!(feature(&l, cut, "a", "amount_sum_7d"), Some(27.75));
+}
+
 #[test]
 fn csv_with_epoch_seconds_flat_columns_and_duplicates() {
     let rt = runtime();
@@ -290,7 +334,7 @@ fn csv_with_epoch_seconds_flat_columns_and_duplicates() {
     let path = write(&dir, "events.csv", &csv);
     let l = rt
         .block_on(load(
-            &flat_job(&path, ""),
+            &flat_job(&path, "dedupe = true"),
             &dir,
             &[],
             t("2026-05-21T00:00:00Z"),
@@ -305,6 +349,14 @@ fn csv_with_epoch_seconds_flat_columns_and_duplicates() {
             c.events_kept
         ),
         (6, 1, 1, 4)
+    );
+    assert!(
+        l.report
+            .warnings
+            .iter()
+            .any(|w| w.code == "duplicate-events" && w.message.contains("dedupe = true")),
+        "{:?}",
+        l.report.warnings
     );
     let cut = t("2026-05-11T00:00:00Z");
     assert_eq!(feature(&l, cut, "a", "buy_count_7d"), Some(1.0));
@@ -737,11 +789,16 @@ fn dry_run_of_the_example_job_prints_counts_per_cutoff_and_a_verdict() {
     let out = propensity(["dry-run", job.as_str(), "--as-of", "2026-06-01"]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("training cutoff"), "{}", out.stdout);
+    // Stride 10d (a third of the 30-day window): four fit cutoffs from V = T - 30d, and the
+    // search cutoffs a window before them (V - 30d is both).
     for cutoff in [
         "2026-05-02T00:00:00Z",
-        "2026-04-25T00:00:00Z",
-        "2026-04-18T00:00:00Z",
-        "2026-04-11T00:00:00Z",
+        "2026-04-22T00:00:00Z",
+        "2026-04-12T00:00:00Z",
+        "2026-04-02T00:00:00Z",
+        "2026-03-23T00:00:00Z",
+        "2026-03-13T00:00:00Z",
+        "2026-03-03T00:00:00Z",
     ] {
         assert!(
             out.stdout.contains(cutoff),
@@ -769,7 +826,7 @@ fn dry_run_of_the_example_job_prints_counts_per_cutoff_and_a_verdict() {
         serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout));
     assert_eq!(
         v["data_checks"]["cutoffs"].as_array().map(Vec::len),
-        Some(4)
+        Some(7)
     );
     let labels: Vec<&str> = v["features"]
         .as_array()
@@ -787,9 +844,10 @@ fn dry_run_of_the_example_job_prints_counts_per_cutoff_and_a_verdict() {
 #[test]
 fn dry_run_with_too_few_positives_says_so_and_suggests_a_fix() {
     let dir = generate("dry-run-short", EventFormat::Parquet, 12);
-    // About 325 buyers over the four cutoffs: short of a minimum of 400.
+    // About 540 buyers over the seven cutoffs (four fit, three more for the search): short of
+    // a minimum of 600.
     let job = demo_job_on(&dir, |t| {
-        t.replace("min_positives = 200", "min_positives = 400")
+        t.replace("min_positives = 200", "min_positives = 600")
     });
     let out = propensity(["dry-run", job.as_str(), "--as-of", "2026-06-01"]);
     assert_eq!(
@@ -803,7 +861,7 @@ fn dry_run_with_too_few_positives_says_so_and_suggests_a_fix() {
         out.stdout
     );
     assert!(
-        out.stdout.contains("positives (minimum 400)"),
+        out.stdout.contains("positives (minimum 600)"),
         "{}",
         out.stdout
     );
@@ -813,19 +871,16 @@ fn dry_run_with_too_few_positives_says_so_and_suggests_a_fix() {
         out.stdout
     );
     assert!(out.stdout.contains("suggestions"), "{}", out.stdout);
+    // The default stride follows the window, so a shorter window gives more cutoffs and more
+    // positive rows; a longer one needs more history than this data has.
     assert!(
-        out.stdout.contains("goal.window = \"60d\""),
+        out.stdout.contains("goal.window = \"15d\""),
         "{}",
         out.stdout
     );
     assert!(
         out.stdout.contains(", enough"),
         "at least one change reaches the minimum:\n{}",
-        out.stdout
-    );
-    assert!(
-        !out.stdout.contains("goal.window = \"15d\""),
-        "a shorter window does not help positives:\n{}",
         out.stdout
     );
 }
@@ -1175,4 +1230,93 @@ fn the_generator_hits_the_requested_event_count() {
     let s = propensity_engine::generate::generate(&o).unwrap_or_else(|e| panic!("{e}"));
     let off = (s.events as f64 - 40_000.0).abs() / 40_000.0;
     assert!(off < 0.05, "{} events for 40,000 requested", s.events);
+}
+
+/// Regression test for #16: `lookback = 365d` left 60 % of eligible profiles without events
+/// to compute features from, and `active_within = 90d` scored 4k of 23.5k customers, both
+/// without a word; a short-history hint blamed the lookback when `active_within` set the span.
+#[test]
+fn settings_that_drop_or_blank_profiles_warn_with_counts_and_the_right_key() {
+    let rt = runtime();
+    let dir = temp_dir("coverage");
+    // Ten customers; seven last bought more than 90 days before the as-of time (2026-05-21),
+    // three of them more than 200 days before.
+    let mut csv = String::from("profile_id,ts,kind,amount\n");
+    for (id, day) in [
+        ("a", "2026-05-10"),
+        ("b", "2026-05-01"),
+        ("c", "2026-04-20"),
+        ("d", "2026-01-10"),
+        ("e", "2025-12-20"),
+        ("f", "2025-12-01"),
+        ("g", "2025-11-15"),
+        ("h", "2025-09-01"),
+        ("i", "2025-08-01"),
+        ("j", "2025-07-01"),
+    ] {
+        csv.push_str(&format!("{id},{day},buy,10\n"));
+    }
+    let path = write(&dir, "events.csv", &csv);
+    let as_of = t("2026-05-21T00:00:00Z");
+    let job = |eligibility: &str, lookback: &str| {
+        flat_job(&path, "")
+            .replace(
+                "active_within = \"30d\"",
+                &format!("active_within = \"{eligibility}\""),
+            )
+            .replace("lookback = \"60d\"", &format!("lookback = \"{lookback}\""))
+    };
+    let find = |l: &propensity_engine::Loaded, code: &str| {
+        l.report.warnings.iter().find(|w| w.code == code).cloned()
+    };
+    // 90 days of eligibility: 3 of 10 scored.
+    let l = rt
+        .block_on(load(&job("90d", "all"), &dir, &[], as_of))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let w = find(&l, "eligibility-leaves-out-profiles").expect("a warning");
+    assert!(
+        w.message.contains("scores 3 of the 10") && w.message.contains("7 (70 %)"),
+        "{}",
+        w.message
+    );
+    assert!(w.hint.contains("eligibility.active_within"), "{}", w.hint);
+    assert!(find(&l, "lookback-blanks-profiles").is_none());
+    // A year of eligibility but a 100-day lookback: 7 of the 10 eligible have no event in it.
+    let l = rt
+        .block_on(load(&job("365d", "100d"), &dir, &[], as_of))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(find(&l, "eligibility-leaves-out-profiles").is_none());
+    let w = find(&l, "lookback-blanks-profiles").expect("a warning");
+    assert!(w.message.contains("7 of 10 eligible"), "{}", w.message);
+    assert!(
+        w.hint.contains("features.lookback") && w.hint.contains("365d"),
+        "{}",
+        w.hint
+    );
+    // The eligibility span reaches before the first event, the lookback does not: that is
+    // no short history (the data may start with the business), and nothing blames the
+    // lookback.
+    assert!(
+        find(&l, "short-history").is_none(),
+        "{:?}",
+        l.report.warnings
+    );
+    // Defaults (all history, eligibility covering everyone): no warning.
+    let l = rt
+        .block_on(load(&job("365d", "all"), &dir, &[], as_of))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(find(&l, "eligibility-leaves-out-profiles").is_none());
+    assert!(find(&l, "lookback-blanks-profiles").is_none());
+    assert!(
+        find(&l, "short-history").is_none(),
+        "{:?}",
+        l.report.warnings
+    );
+    // A lookback that does reach before the data is named.
+    let l = rt
+        .block_on(load(&job("365d", "400d"), &dir, &[], as_of))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let w = find(&l, "short-history").expect("a warning");
+    assert!(w.message.contains("features.lookback"), "{}", w.message);
+    assert!(w.hint.contains("features.lookback"), "{}", w.hint);
 }

@@ -233,7 +233,26 @@ fn write_text(
         n(c.future_events)
     )?;
     writeln!(out, "  excluded by the job    {}", n(c.excluded_events))?;
-    writeln!(out, "  duplicates removed     {}", n(c.duplicate_events))?;
+    if c.duplicate_events > 0 {
+        writeln!(
+            out,
+            "  duplicates removed     {} (identical in every field read; source.events.dedupe = true)",
+            n(c.duplicate_events)
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  identical events       {} (kept: each row is an event unless source.events.dedupe = true)",
+            n(c.identical_events)
+        )?;
+    }
+    if !c.numeric_fields_found.is_empty() {
+        writeln!(
+            out,
+            "  numeric fields         {} (found in the events; features.numeric_fields chooses them, `[]` for none)",
+            c.numeric_fields_found.join(", ")
+        )?;
+    }
     writeln!(
         out,
         "  outside the run        {} older than needed, {} at or after the as-of time",
@@ -373,7 +392,10 @@ pub fn generate(a: &crate::GenerateArgs, out: &mut dyn Write) -> Result<i32, Cli
             .map_or(now, |t| t.and_utc())
     });
     let mut opts = GenerateOptions::new(&a.out, a.profiles, end);
-    opts.days = a.days;
+    opts.days = a.days.unwrap_or(match a.shape {
+        crate::Shape::Experience => 450,
+        crate::Shape::Purchases => 548,
+    });
     opts.seed = a.seed;
     opts.target_events = a.events;
     opts.format = if a.ndjson {
@@ -383,6 +405,10 @@ pub fn generate(a: &crate::GenerateArgs, out: &mut dyn Write) -> Result<i32, Cli
     };
     opts.rows_per_file = a.rows_per_file.max(1);
     opts.row_group_size = a.row_group_size.max(1);
+    opts.shape = match a.shape {
+        crate::Shape::Experience => propensity_engine::generate::Shape::Experience,
+        crate::Shape::Purchases => propensity_engine::generate::Shape::Purchases,
+    };
     let s = propensity_engine::generate::generate(&opts)
         .map_err(|e| io_error(anyhow::anyhow!("cannot write sample data: {e}")))?;
     writeln!(

@@ -330,9 +330,10 @@ pub struct GenerateArgs {
     /// Scale activity so that about this many events are written.
     #[arg(long, value_name = "M")]
     pub events: Option<u64>,
-    /// Days of history before the end.
-    #[arg(long, default_value_t = 450)]
-    pub days: u32,
+    /// Days of history before the end (default 450; 548 — a year and a half — for
+    /// `--shape purchases`).
+    #[arg(long)]
+    pub days: Option<u32>,
     /// Random seed; the same seed and end give the same data.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
@@ -348,6 +349,18 @@ pub struct GenerateArgs {
     /// Events per Parquet row group.
     #[arg(long, default_value_t = 131_072)]
     pub row_group_size: usize,
+    /// `experience`: web-shop experience events and profiles (the demo data); `purchases`:
+    /// orders only (`purchase` events with `quantity` and `value`) of one customer cohort
+    /// that ages, like a retailer's order export.
+    #[arg(long, value_enum, default_value_t = Shape::Experience)]
+    pub shape: Shape,
+}
+
+/// What `propensity generate` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    Experience,
+    Purchases,
 }
 
 /// Parses `args` (the first item is the program name) and runs the command.

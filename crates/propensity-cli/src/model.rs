@@ -113,15 +113,45 @@ pub fn write_summary(
         "model       {} {} — {}",
         r.algorithm, r.model_version, r.training.message
     )?;
-    if let Some(m) = &r.card.metrics {
+    let f3 = |v: Option<f64>| v.map_or("n/a".into(), |a| format!("{a:.3}"));
+    if let Some(e) = &r.expected {
         writeln!(
             out,
-            "quality     validation AUC {} · PR-AUC {} · calibration error {:.3} · grade {}",
-            m.auc.map_or("n/a".into(), |a| format!("{a:.3}")),
-            m.pr_auc.map_or("n/a".into(), |a| format!("{a:.3}")),
-            m.expected_calibration_error,
-            r.card.quality.grade
+            "expected    on the next {}: AUC {} · lift@10% {} · base rate {} (from the calibrated probabilities)",
+            r.card.window,
+            f3(e.auc),
+            e.lift_at_10.map_or("n/a".into(), |l| format!("{l:.2}")),
+            pct(e.base_rate)
         )?;
+    }
+    if let Some(m) = &r.card.metrics {
+        if m.measurable {
+            writeln!(
+                out,
+                "validated   AUC {} · PR-AUC {} · lift@10% {} · calibration error {:.3} · grade {} ({} cutoff)",
+                f3(m.auc),
+                f3(m.pr_auc),
+                m.lift_at_10.map_or("n/a".into(), |l| format!("{l:.2}")),
+                m.expected_calibration_error,
+                r.card.quality.grade,
+                r.card.protocol.as_ref().map_or(
+                    "validation",
+                    |p| if p.kind.starts_with("purged") {
+                        "out-of-time validation"
+                    } else {
+                        "in-time validation"
+                    }
+                )
+            )?;
+        } else {
+            writeln!(
+                out,
+                "validated   too few positives to measure: {} positives and {} negatives on the validation cutoff (at least {} of each are needed)",
+                thousands(m.positives),
+                thousands(m.negatives),
+                propensity_model::pipeline::MIN_MEASURABLE
+            )?;
+        }
         writeln!(
             out,
             "base rate   {} on the validation cutoff ({} profiles); mean probability now {}",
@@ -428,12 +458,13 @@ pub fn demo(
         out: dir.to_path_buf(),
         profiles,
         events: None,
-        days: 450,
+        days: Some(450),
         seed: 42,
         end: Some(end),
         ndjson: false,
         rows_per_file: 1_000_000,
         row_group_size: 131_072,
+        shape: crate::Shape::Experience,
     };
     crate::data::generate(&args, out)?;
     // The job reads `../data/demo/…` from `jobs/`; next to the data it reads `./…`.

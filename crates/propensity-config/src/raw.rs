@@ -85,6 +85,12 @@ pub struct RawEventSource {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_invalid_fraction: Option<f64>,
+    /// Count events identical in every field the job reads (profile, time, type, numeric
+    /// fields, fields a goal plugin reads) once (default false: every row is an event; two
+    /// orders of one customer on one day are two orders, even when only the date is stored).
+    /// Turn it on for exports that overlap.
+    #[serde(default)]
+    pub dedupe: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -233,7 +239,8 @@ pub struct RawEligibility {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawFeatures {
-    /// How far back features look (default `365d`).
+    /// How far back features look from each cutoff: a duration, or `all` (the default) for
+    /// every event before the cutoff.
     #[serde(default)]
     pub lookback: Option<String>,
     /// Windows for counts and sums (default `["7d", "30d", "90d"]`).
@@ -244,6 +251,8 @@ pub struct RawFeatures {
     #[schemars(range(max = 100))]
     pub top_event_types: Option<u32>,
     /// Numeric event fields to sum, average and take the maximum of (e.g. order value).
+    /// Default: the events' top-level numeric columns (at most 8) other than the mapped ones;
+    /// `[]` for none.
     #[serde(default)]
     pub numeric_fields: Option<Vec<String>>,
     /// Named events defined by predicates, counted like event types.
@@ -260,11 +269,13 @@ pub struct RawModel {
     /// `gbdt` (default), `logistic` or `svm`.
     #[serde(default)]
     pub algorithm: Option<Algorithm>,
-    /// Training cutoffs stacked into one training set (default 4).
+    /// Training cutoffs stacked into one training set (default 4). The model that scores
+    /// trains on the newest of them; the candidates judged on the validation cutoff train on
+    /// as many cutoffs one outcome window older (see the model card's `protocol`).
     #[serde(default)]
     #[schemars(range(min = 1, max = 52))]
     pub snapshots: Option<u32>,
-    /// Time between training cutoffs (default `7d`).
+    /// Time between training cutoffs (default: a third of the outcome window, 1 to 30 days).
     #[serde(default)]
     pub snapshot_stride: Option<String>,
     /// Below this many positives the job falls back to a simple ranking model (default 200).
@@ -276,15 +287,30 @@ pub struct RawModel {
     /// Random seed; the same inputs and seed give the same scores (default 42).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// `isotonic` (default), `platt` or `none`.
+    /// `auto` (default: none for trees boosted from the buy-till-you-die forecast, isotonic
+    /// otherwise), `isotonic`, `platt` or `none`.
     #[serde(default)]
     pub calibration: Option<Calibration>,
     /// A model below these figures is kept for inspection but not promoted.
     #[serde(default)]
     pub quality_gate: Option<RawQualityGate>,
-    /// Gradient-boosting settings.
+    /// Gradient-boosting settings. A key set here is used as is; one left out is chosen by
+    /// the capacity search.
     #[serde(default)]
     pub gbdt: Option<RawGbdt>,
+    /// The capacity search: tree size, leaf size and learning rate chosen on the
+    /// out-of-time validation cutoff.
+    #[serde(default)]
+    pub search: Option<RawSearch>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawSearch {
+    /// Wall-time budget of the search, e.g. `10m` (the default), or `off` for the default
+    /// settings without a search. When the budget runs out, the best candidate so far wins.
+    #[serde(default)]
+    pub budget: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -299,20 +325,26 @@ pub struct RawQualityGate {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGbdt {
+    /// The most trees grown (default 1000); early stopping keeps fewer.
     #[serde(default)]
     #[schemars(range(min = 1, max = 10000))]
     pub num_trees: Option<u32>,
+    /// Shrinkage per tree, (0, 1] (searched; 0.05 without a search).
     #[serde(default)]
     pub learning_rate: Option<f64>,
+    /// Depth limit (default: a little deeper than the number of leaves needs, at least 6).
     #[serde(default)]
     #[schemars(range(min = 1, max = 16))]
     pub max_depth: Option<u32>,
+    /// Leaves per tree (searched; 31 without a search).
     #[serde(default)]
     #[schemars(range(min = 2, max = 4096))]
     pub num_leaves: Option<u32>,
+    /// Fewest training rows in a leaf (searched; 20 without a search).
     #[serde(default)]
     #[schemars(range(min = 1))]
     pub min_data_in_leaf: Option<u32>,
+    /// Stop when the validation loss has not improved for this many trees (default 30).
     #[serde(default)]
     pub early_stopping_rounds: Option<u32>,
 }

@@ -514,6 +514,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             timestamp_format: e.timestamp_format.unwrap_or(TimestampFormat::Auto),
             storage,
             max_invalid_fraction: e.max_invalid_fraction.unwrap_or(0.05),
+            dedupe: e.dedupe.unwrap_or(false),
         });
         let profiles = raw.profiles.as_ref().and_then(|pr| {
             let pp = p.key("profiles");
@@ -732,11 +733,12 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
     }
 
     pub fn features(&mut self, raw: Option<&RawFeatures>, p: &KeyPath) -> Features {
-        let lookback = self.span_dur(
-            raw.and_then(|r| r.lookback.as_deref()),
-            Span::from_days(365),
-            &p.key("lookback"),
-        );
+        let lookback = match raw.and_then(|r| r.lookback.as_deref()) {
+            None | Some("all") => Lookback::All,
+            Some(text) => {
+                Lookback::Span(self.span_dur(Some(text), Span::from_days(365), &p.key("lookback")))
+            }
+        };
         let mut windows = Vec::new();
         match raw.and_then(|r| r.windows.as_ref()) {
             None => windows.extend([7, 30, 90].map(Span::from_days)),
@@ -757,7 +759,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                             format!("window `{w}` is listed twice"),
                             None,
                         );
-                    } else if s > lookback {
+                    } else if matches!(lookback, Lookback::Span(l) if s > l) {
                         self.err(
                             &wp,
                             "invalid-value",
@@ -802,6 +804,7 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             lookback,
             windows,
             top_event_types: raw.and_then(|r| r.top_event_types).unwrap_or(10),
+            numeric_fields_auto: raw.and_then(|r| r.numeric_fields.as_ref()).is_none(),
             numeric_fields,
             custom_events,
             exclude: raw.and_then(|r| r.exclude.clone()).unwrap_or_default(),
@@ -809,23 +812,29 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
     }
 
     pub fn model(&mut self, raw: Option<&RawModel>, p: &KeyPath) -> ModelSpec {
-        let stride = self.span_dur(
-            raw.and_then(|r| r.snapshot_stride.as_deref()),
-            Span::from_days(7),
-            &p.key("snapshot_stride"),
-        );
-        let d = GbdtParams::default();
+        let stride = raw
+            .and_then(|r| r.snapshot_stride.as_deref())
+            .map(|t| self.span_dur(Some(t), Span::from_days(7), &p.key("snapshot_stride")));
         let g = raw.and_then(|r| r.gbdt.as_ref());
         let gp = p.key("gbdt");
-        let learning_rate = g.and_then(|g| g.learning_rate).unwrap_or(d.learning_rate);
-        if !(learning_rate > 0.0 && learning_rate <= 1.0) {
+        let learning_rate = g.and_then(|g| g.learning_rate);
+        if let Some(lr) = learning_rate
+            && !(lr > 0.0 && lr <= 1.0)
+        {
             self.err(
                 &gp.key("learning_rate"),
                 "out-of-range",
-                format!("learning rate {learning_rate} is outside (0, 1]"),
+                format!("learning rate {lr} is outside (0, 1]"),
                 Some("typical values are 0.02 to 0.2".to_owned()),
             );
         }
+        let budget = match raw
+            .and_then(|r| r.search.as_ref())
+            .and_then(|s| s.budget.as_deref())
+        {
+            Some("off") => None,
+            text => Some(self.span_dur(text, Span::from_secs(600), &p.key("search").key("budget"))),
+        };
         ModelSpec {
             algorithm: raw.and_then(|r| r.algorithm).unwrap_or(Algorithm::Gbdt),
             snapshots: raw.and_then(|r| r.snapshots).unwrap_or(4),
@@ -833,25 +842,20 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
             min_positives: raw.and_then(|r| r.min_positives).unwrap_or(200),
             min_negatives: raw.and_then(|r| r.min_negatives).unwrap_or(200),
             seed: raw.and_then(|r| r.seed).unwrap_or(42),
-            calibration: raw
-                .and_then(|r| r.calibration)
-                .unwrap_or(Calibration::Isotonic),
+            calibration: raw.and_then(|r| r.calibration).unwrap_or(Calibration::Auto),
             min_auc: raw
                 .and_then(|r| r.quality_gate.as_ref())
                 .and_then(|q| q.min_auc)
                 .unwrap_or(0.65),
             gbdt: GbdtParams {
-                num_trees: g.and_then(|g| g.num_trees).unwrap_or(d.num_trees),
+                num_trees: g.and_then(|g| g.num_trees),
                 learning_rate,
-                max_depth: g.and_then(|g| g.max_depth).unwrap_or(d.max_depth),
-                num_leaves: g.and_then(|g| g.num_leaves).unwrap_or(d.num_leaves),
-                min_data_in_leaf: g
-                    .and_then(|g| g.min_data_in_leaf)
-                    .unwrap_or(d.min_data_in_leaf),
-                early_stopping_rounds: g
-                    .and_then(|g| g.early_stopping_rounds)
-                    .unwrap_or(d.early_stopping_rounds),
+                max_depth: g.and_then(|g| g.max_depth),
+                num_leaves: g.and_then(|g| g.num_leaves),
+                min_data_in_leaf: g.and_then(|g| g.min_data_in_leaf),
+                early_stopping_rounds: g.and_then(|g| g.early_stopping_rounds),
             },
+            search: SearchSpec { budget },
         }
     }
 

@@ -88,9 +88,23 @@ uri = "out2/"
 "#;
     let job = load_str(minimal, "m.toml").unwrap_or_else(|e| panic!("{e:#?}"));
     assert_eq!(job.eligibility.active_within.to_string(), "90d");
-    assert_eq!(job.features.lookback.to_string(), "365d");
+    // #16: defaults keep every eligible profile featurised (all history), stride from the
+    // window (7d / 3, at least 1 day), the capacity search on, calibration chosen per model,
+    // every row an event, numeric columns found in the data.
+    assert_eq!(job.features.lookback.to_string(), "all");
     assert_eq!(job.model.algorithm, Algorithm::Gbdt);
     assert_eq!((job.model.snapshots, job.model.min_auc), (4, 0.65));
+    assert_eq!(job.model.snapshot_stride, None);
+    assert_eq!(job.model.stride(job.goal.window()).to_string(), "2d");
+    assert_eq!(
+        job.model.search.budget.map(|b| b.to_string()).as_deref(),
+        Some("10m")
+    );
+    assert_eq!(
+        job.model.calibration,
+        propensity_core::enums::Calibration::Auto
+    );
+    assert!(job.features.numeric_fields_auto && !job.events.dedupe);
     assert_eq!(
         (job.output.top_factors, job.output.high, job.output.medium),
         (5, 75, 25)

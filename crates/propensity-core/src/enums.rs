@@ -70,8 +70,11 @@ choice! {
 }
 
 choice! {
-    /// Probability calibration fitted on the validation cutoff.
-    Calibration { Isotonic = "isotonic", Platt = "platt", None = "none" }
+    /// Probability calibration. `auto` (the default): none for trees boosted from the
+    /// buy-till-you-die forecast (their log-loss probabilities carry the forecast's view of
+    /// an ageing customer base, which a map fitted on an older validation cutoff would undo),
+    /// isotonic otherwise. `isotonic` and `platt` are fitted on the validation cutoff.
+    Calibration { Auto = "auto", Isotonic = "isotonic", Platt = "platt", None = "none" }
 }
 
 choice! {

@@ -107,6 +107,8 @@ pub struct EventSource {
     /// Largest fraction of invalid events (or unconvertible values of one field) tolerated
     /// before a run fails; below it they are set aside and counted.
     pub max_invalid_fraction: f64,
+    /// Events identical in every field the job reads are counted once.
+    pub dedupe: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -208,51 +210,107 @@ pub struct Eligibility {
     pub exclude_events: Option<Predicate>,
 }
 
+/// How far back features look from each cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookback {
+    /// Every event before the cutoff (the default): no eligible profile is left without
+    /// history to compute features from.
+    All,
+    Span(Span),
+}
+
+impl Lookback {
+    /// Seconds; "all history" is [`Lookback::ALL_SECS`], longer than any data.
+    pub fn as_secs(self) -> u64 {
+        match self {
+            Lookback::All => Self::ALL_SECS,
+            Lookback::Span(s) => s.as_secs(),
+        }
+    }
+
+    /// A hundred years: what "all history" means in arithmetic on times.
+    pub const ALL_SECS: u64 = 36_500 * 86_400;
+}
+
+impl std::fmt::Display for Lookback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lookback::All => f.write_str("all"),
+            Lookback::Span(s) => s.fmt(f),
+        }
+    }
+}
+
+impl Serialize for Lookback {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Features {
-    pub lookback: Span,
+    pub lookback: Lookback,
     /// Sorted, distinct.
     pub windows: Vec<Span>,
     pub top_event_types: u32,
     pub numeric_fields: Vec<FieldPath>,
+    /// `numeric_fields` was not written: the engine uses the events' top-level numeric
+    /// columns (up to [`Features::AUTO_NUMERIC_FIELDS`]) other than the mapped ones.
+    pub numeric_fields_auto: bool,
     pub custom_events: BTreeMap<String, Predicate>,
     pub exclude: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// `[model.gbdt]` as written: a value set here is used as is; one left out is chosen by
+/// the capacity search (or takes the model crate's default when the search is off).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct GbdtParams {
-    pub num_trees: u32,
-    pub learning_rate: f64,
-    pub max_depth: u32,
-    pub num_leaves: u32,
-    pub min_data_in_leaf: u32,
-    pub early_stopping_rounds: u32,
+    /// The most trees grown; early stopping on the validation cutoff keeps fewer.
+    pub num_trees: Option<u32>,
+    pub learning_rate: Option<f64>,
+    pub max_depth: Option<u32>,
+    pub num_leaves: Option<u32>,
+    pub min_data_in_leaf: Option<u32>,
+    pub early_stopping_rounds: Option<u32>,
 }
 
-impl Default for GbdtParams {
-    fn default() -> Self {
-        Self {
-            num_trees: 300,
-            learning_rate: 0.05,
-            max_depth: 6,
-            num_leaves: 31,
-            min_data_in_leaf: 20,
-            early_stopping_rounds: 30,
-        }
-    }
+/// `[model.search]`: how the capacity of the trees is chosen on the out-of-time validation.
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchSpec {
+    /// Wall-time budget of the search; when it runs out the best candidate so far is kept
+    /// (and the model card says so). `None` (`budget = "off"`): no search, the defaults.
+    pub budget: Option<Span>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelSpec {
     pub algorithm: Algorithm,
     pub snapshots: u32,
-    pub snapshot_stride: Span,
+    /// `None`: derived from the outcome window ([`ModelSpec::stride`]).
+    pub snapshot_stride: Option<Span>,
     pub min_positives: u32,
     pub min_negatives: u32,
     pub seed: u64,
     pub calibration: Calibration,
     pub min_auc: f64,
     pub gbdt: GbdtParams,
+    pub search: SearchSpec,
+}
+
+impl Features {
+    /// Numeric columns picked up when `numeric_fields` is not written, at most.
+    pub const AUTO_NUMERIC_FIELDS: usize = 8;
+}
+
+impl ModelSpec {
+    /// The spacing of training cutoffs: as written, or a third of the outcome window in
+    /// whole days, between 1 and 30 days.
+    pub fn stride(&self, window: Span) -> Span {
+        self.snapshot_stride.unwrap_or_else(|| {
+            let days = (window.as_secs() / 86_400 / 3).clamp(1, 30);
+            Span::from_days(days)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

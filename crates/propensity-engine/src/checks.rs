@@ -38,8 +38,13 @@ pub struct History {
     pub needed_until: String,
     pub covered_days: f64,
     pub needed_days: f64,
-    /// The data reaches back far enough for the oldest cutoff's full lookback.
+    /// The data reaches back far enough for the oldest cutoff's full lookback (always, with
+    /// the lookback `all`). The eligibility span is not checked: a history that starts with
+    /// the business is no shortcoming, and fewer eligible profiles at old cutoffs show in
+    /// their counts.
     pub covers_lookback: bool,
+    /// Where the oldest cutoff's finite lookback begins (RFC 3339).
+    pub lookback_from: Option<String>,
     /// Days between the last event and the as-of time (a late export shows here).
     pub days_without_events_before_as_of: Option<f64>,
 }
@@ -202,8 +207,11 @@ pub fn evaluate(
     if c.duplicate_events > 0 {
         warnings.push(Finding {
             code: "duplicate-events",
-            message: format!("{} exact duplicate events removed", c.duplicate_events),
-            hint: "duplicates usually come from overlapping exports; they were counted once".into(),
+            message: format!(
+                "{} events identical to another of the same profile in every field the job reads (time, type, numeric and plugin fields) were removed (source.events.dedupe = true)",
+                c.duplicate_events
+            ),
+            hint: "duplicates usually come from overlapping exports; they were counted once. Same-day orders in a log that stores only dates look identical too: set `dedupe = false` in [source.events] if each row is an event".into(),
         });
     }
     if c.rows_read > 0 && c.events_kept == 0 {
@@ -224,13 +232,13 @@ pub fn evaluate(
         warnings.push(Finding {
             code: "short-history",
             message: format!(
-                "the events start at {}, after {} where the oldest cutoff's lookback begins ({:.0} of {:.0} days covered)",
+                "the events start at {}, after {} where the oldest cutoff's features.lookback begins ({:.0} of {:.0} days covered)",
                 history.first_event.as_deref().unwrap_or("?"),
-                history.needed_from,
+                history.lookback_from.as_deref().unwrap_or("?"),
                 history.covered_days,
                 history.needed_days
             ),
-            hint: "older cutoffs see less history than newer ones; use fewer snapshots or a shorter lookback, or load older data".into(),
+            hint: "older cutoffs see less history than newer ones; use fewer snapshots, a shorter features.lookback or the lookback `all`, or load older data".into(),
         });
     }
     if let Some(gap) = history.days_without_events_before_as_of
@@ -265,7 +273,14 @@ pub fn history(
     last: Option<i64>,
     plan: &CutoffPlan,
 ) -> History {
-    let needed_from = plan.needed_from();
+    // With the lookback `all` no span of history is required: what exists is read. Only the
+    // eligibility span of the oldest cutoff remains.
+    let finite_lookback = plan.lookback < propensity_core::Lookback::ALL_SECS as i64 * 1_000_000;
+    let needed_from = if finite_lookback {
+        plan.needed_from()
+    } else {
+        plan.oldest().saturating_sub(plan.active_within)
+    };
     History {
         first_event: counts.first_event.clone(),
         last_event: counts.last_event.clone(),
@@ -276,7 +291,10 @@ pub fn history(
             _ => 0.0,
         },
         needed_days: days(plan.as_of - needed_from),
-        covers_lookback: first.is_some_and(|f| f <= needed_from),
+        covers_lookback: !finite_lookback
+            || first.is_some_and(|f| f <= plan.oldest().saturating_sub(plan.lookback)),
+        lookback_from: finite_lookback
+            .then(|| rfc3339(plan.oldest().saturating_sub(plan.lookback))),
         days_without_events_before_as_of: last.map(|l| days(plan.as_of - l).max(0.0)),
     }
 }
@@ -364,7 +382,7 @@ pub fn sufficiency(
             add(
                 format!("goal.window = \"{}\"", span(plan.window / 2)),
                 try_plan(plan.window / 2, k, plan.active_within, rule),
-                "a shorter outcome window: fewer profiles reach the goal",
+                "a shorter outcome window: fewer profiles reach the goal per cutoff, but the default stride (a third of the window) gives more cutoffs",
             );
         }
         add(
@@ -436,4 +454,80 @@ pub fn sufficiency(
         verdict,
         suggestions,
     }
+}
+
+/// Share of profiles above which eligibility leaving them out is worth a warning.
+pub const DROPPED_SHARE: f64 = 1.0 / 3.0;
+/// Share of eligible profiles above which a lookback that blanks their features warns.
+pub const BLANKED_SHARE: f64 = 0.10;
+
+/// Who the settings leave out at the as-of time: profiles with history that
+/// `eligibility.active_within` does not score, and eligible profiles whose features are blank
+/// because `features.lookback` is shorter than the eligibility span. Each is a warning with
+/// counts and a hint naming the key to change.
+pub fn coverage(
+    store: &EventStore,
+    profiles: &ProfileTable,
+    plan: &CutoffPlan,
+    first_event: Option<i64>,
+) -> Vec<Finding> {
+    let c = plan.as_of;
+    let (mut with_history, mut inactive, mut eligible, mut blank) = (0u64, 0u64, 0u64, 0u64);
+    for p in 0..store.profiles() {
+        let ts = &store.ts[store.range(p)];
+        let i = ts.partition_point(|&t| t < c);
+        if i == 0 || !profiles.include[p] || profiles.exclude[p] {
+            continue;
+        }
+        with_history += 1;
+        let last = ts[i - 1];
+        if last < c.saturating_sub(plan.active_within) {
+            inactive += 1;
+            continue;
+        }
+        eligible += 1;
+        if last < c.saturating_sub(plan.lookback) {
+            blank += 1;
+        }
+    }
+    let span = |us: i64| propensity_core::Span::from_secs((us / 1_000_000).max(1) as u64);
+    let pct = |a: u64, b: u64| 100.0 * a as f64 / b.max(1) as f64;
+    let mut out = Vec::new();
+    if with_history > 0 && inactive as f64 >= DROPPED_SHARE * with_history as f64 {
+        let all = first_event.map(|f| span(c - f + MICROS_PER_DAY - 1).to_string());
+        out.push(Finding {
+            code: "eligibility-leaves-out-profiles",
+            message: format!(
+                "eligibility.active_within = \"{}\" scores {} of the {} profiles with events before the as-of time: {} ({:.0} %) have none in the {} before it and get no score",
+                span(plan.active_within),
+                eligible,
+                with_history,
+                inactive,
+                pct(inactive, with_history),
+                span(plan.active_within)
+            ),
+            hint: match all {
+                Some(a) => format!("to score lapsed customers too (a churn or win-back job usually wants them), raise eligibility.active_within, e.g. to \"{a}\" (all the history read)"),
+                None => "raise eligibility.active_within to score lapsed customers too".into(),
+            },
+        });
+    }
+    if eligible > 0 && blank as f64 >= BLANKED_SHARE * eligible as f64 {
+        out.push(Finding {
+            code: "lookback-blanks-profiles",
+            message: format!(
+                "features.lookback = \"{}\" is shorter than eligibility.active_within = \"{}\": {} of {} eligible profiles ({:.0} %) have no event within the lookback, so their event features are blank",
+                span(plan.lookback),
+                span(plan.active_within),
+                blank,
+                eligible,
+                pct(blank, eligible)
+            ),
+            hint: format!(
+                "set features.lookback to at least \"{}\", or remove it: the default (\"all\") reads all history",
+                span(plan.active_within)
+            ),
+        });
+    }
+    out
 }

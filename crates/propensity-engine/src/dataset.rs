@@ -1,6 +1,15 @@
 //! Cutoffs, eligibility, labels and the feature rows of every snapshot.
 //!
-//! As-of time `T`; training cutoffs `C_k = T − window − k·stride` for `k = 0..snapshots`.
+//! As-of time `T`, outcome window `W`, `n` snapshots `stride` apart. The newest cutoff whose
+//! labels are complete before `T` is the validation cutoff `V = T − W`. Two sets of training
+//! cutoffs come from it (the purged, out-of-time protocol of [`CutoffPlan`]):
+//!
+//! - the **fit** cutoffs `V, V − stride, …` (`n` of them) train the model that scores `T`;
+//! - the **search** cutoffs `V − W, V − W − stride, …` (`n` of them) train the candidate
+//!   models that are judged on `V`: no label window of theirs reaches `V` (`c + W ≤ V`), so
+//!   the validation labels say nothing the training labels already said, and the model judged
+//!   on `V` stands to `V` exactly as the fit model stands to `T`.
+//!
 //! A profile is eligible at cutoff `c` when it has an event in `[c − active_within, c)` and
 //! passes the include/exclude rules. Its label at a training cutoff comes from the goal's
 //! events in `[c, c + window)` (half-open: an event exactly at `c + window` belongs to the
@@ -23,8 +32,13 @@ use crate::profiles::ProfileTable;
 #[derive(Debug, Clone, Serialize)]
 pub struct CutoffPlan {
     pub as_of: i64,
-    /// Newest first: `training[0]` is the validation cutoff.
+    /// Every labelled cutoff, newest first and distinct: `training[0]` is the validation
+    /// cutoff `V`; the fit and search cutoffs are among them.
     pub training: Vec<i64>,
+    /// The cutoffs of the model that scores: `V, V − stride, …`, newest first.
+    pub fit: Vec<i64>,
+    /// The cutoffs of the models judged on `V`: `V − W, V − W − stride, …`, newest first.
+    pub search: Vec<i64>,
     pub window: i64,
     pub stride: i64,
     pub lookback: i64,
@@ -41,16 +55,22 @@ impl CutoffPlan {
         active_within: i64,
     ) -> Self {
         // Saturating: absurd spans give cutoffs before any data, never a wrapped time.
-        let training = (0..i64::from(snapshots))
-            .map(|k| {
-                as_of
-                    .saturating_sub(window)
-                    .saturating_sub(k.saturating_mul(stride))
-            })
-            .collect();
+        let validation = as_of.saturating_sub(window);
+        let from = |newest: i64| -> Vec<i64> {
+            (0..i64::from(snapshots.max(1)))
+                .map(|k| newest.saturating_sub(k.saturating_mul(stride)))
+                .collect()
+        };
+        let fit = from(validation);
+        let search = from(validation.saturating_sub(window));
+        let mut training: Vec<i64> = fit.iter().chain(&search).copied().collect();
+        training.sort_unstable_by(|a, b| b.cmp(a));
+        training.dedup();
         Self {
             as_of,
             training,
+            fit,
+            search,
             window,
             stride,
             lookback,
@@ -63,11 +83,16 @@ impl CutoffPlan {
         Self::new(
             as_of,
             us(job.goal.window()),
-            us(job.model.snapshot_stride),
+            us(job.model.stride(job.goal.window())),
             job.model.snapshots,
-            us(job.features.lookback),
+            job.features.lookback.as_secs() as i64 * 1_000_000,
             us(job.eligibility.active_within),
         )
+    }
+
+    /// The validation cutoff `V = T − W`.
+    pub fn validation(&self) -> i64 {
+        self.training.first().copied().unwrap_or(self.as_of)
     }
 
     pub fn oldest(&self) -> i64 {
@@ -288,6 +313,51 @@ impl Snapshot {
 pub struct Dataset {
     pub training: Vec<Snapshot>,
     pub scoring: Snapshot,
+    /// The BG/NBD model of each cutoff (training cutoffs, then the scoring cutoff), when the
+    /// catalogue has its features.
+    pub btyd: Vec<BtydFit>,
+}
+
+/// The BG/NBD fit of one cutoff, for the model card.
+#[derive(Debug, Clone, Serialize)]
+pub struct BtydFit {
+    pub cutoff: i64,
+    /// `None`: fewer than ten eligible profiles with a transaction, or no repeat behaviour.
+    pub fit: Option<propensity_model::btyd::Fit>,
+}
+
+/// Profiles the BG/NBD model of a cutoff is fitted on, at most (a deterministic sample).
+pub const BTYD_SAMPLE: usize = 100_000;
+
+/// Fits the BG/NBD model at each cutoff on the eligible profiles' transaction histories
+/// before it (never their labels), in parallel over the cutoffs.
+fn fit_btyd(
+    store: &EventStore,
+    profiles: &ProfileTable,
+    spec: &FeatureSpec,
+    cutoffs: &[i64],
+    active_within: i64,
+) -> Vec<BtydFit> {
+    let n = store.profiles();
+    // A deterministic sample of profiles, the same at every cutoff.
+    let step = n.div_ceil(BTYD_SAMPLE).max(1);
+    let fits = par_chunks(cutoffs.len(), |range| {
+        range
+            .map(|k| {
+                let c = cutoffs[k];
+                let rows: Vec<propensity_model::btyd::Rfm> = (0..n)
+                    .step_by(step)
+                    .filter(|&p| eligible(store, profiles, p, c, active_within))
+                    .filter_map(|p| spec.rfm(store, p, c))
+                    .collect();
+                BtydFit {
+                    cutoff: c,
+                    fit: propensity_model::btyd::fit(&rows),
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    fits.into_iter().flatten().collect()
 }
 
 /// Eligible profiles and labels at one cutoff.
@@ -387,6 +457,13 @@ pub fn build(
     let width = spec.len();
     let mut cutoffs: Vec<(i64, bool)> = plan.training.iter().map(|c| (*c, true)).collect();
     cutoffs.push((plan.as_of, false));
+    let btyd = if spec.wants_btyd() {
+        let times: Vec<i64> = cutoffs.iter().map(|c| c.0).collect();
+        fit_btyd(store, profiles, spec, &times, plan.active_within)
+    } else {
+        Vec::new()
+    };
+    let model_of = |k: usize| btyd.get(k).and_then(|b| b.fit.as_ref()).map(|f| &f.params);
     let parts = par_chunks(store.profiles(), |range| {
         let mut scratch = Scratch::default();
         let mut snaps: Vec<Snapshot> = cutoffs
@@ -395,11 +472,19 @@ pub fn build(
             .collect();
         let mut row = vec![0f32; width];
         for p in range {
-            for s in snaps.iter_mut() {
+            for (k, s) in snaps.iter_mut().enumerate() {
                 if !eligible(store, profiles, p, s.cutoff, plan.active_within) {
                     continue;
                 }
-                spec.compute(store, profiles, p, s.cutoff, &mut scratch, &mut row);
+                spec.compute(
+                    store,
+                    profiles,
+                    p,
+                    s.cutoff,
+                    model_of(k),
+                    &mut scratch,
+                    &mut row,
+                );
                 s.rows.push(p as u32);
                 s.values.extend_from_slice(&row);
                 if s.training {
@@ -427,6 +512,7 @@ pub fn build(
     Dataset {
         training: merged,
         scoring,
+        btyd,
     }
 }
 
@@ -482,5 +568,57 @@ impl Dataset {
         w.close().map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DAY: i64 = crate::events::MICROS_PER_DAY;
+
+    #[test]
+    fn the_search_cutoffs_end_an_outcome_window_before_validation() {
+        // 90-day window, 30-day stride, 4 snapshots, as of day 1000.
+        let p = CutoffPlan::new(1000 * DAY, 90 * DAY, 30 * DAY, 4, 365 * DAY, 90 * DAY);
+        let days = |v: &[i64]| v.iter().map(|c| c / DAY).collect::<Vec<_>>();
+        assert_eq!(p.validation(), 910 * DAY);
+        assert_eq!(days(&p.fit), vec![910, 880, 850, 820]);
+        assert_eq!(days(&p.search), vec![820, 790, 760, 730]);
+        // Shared cutoffs are computed once.
+        assert_eq!(days(&p.training), vec![910, 880, 850, 820, 790, 760, 730]);
+    }
+
+    proptest! {
+        /// Regression test for #16: with a 7-day stride and a 90-day window, 98 % of the
+        /// validation labels equalled the same profile's training label a week earlier. No
+        /// label window of a cutoff the judged models train on may overlap the validation
+        /// cutoff's, and every label window ends by the as-of time.
+        #[test]
+        fn purged_protocol_never_overlaps(
+            window_days in 1i64..400,
+            stride_days in 1i64..120,
+            snapshots in 1u32..12,
+            as_of_day in 2000i64..4000,
+        ) {
+            let (w, s, t) = (window_days * DAY, stride_days * DAY, as_of_day * DAY);
+            let p = CutoffPlan::new(t, w, s, snapshots, 365 * DAY, 90 * DAY);
+            let v = p.validation();
+            prop_assert_eq!(v, t - w);
+            prop_assert_eq!(p.fit.len(), snapshots as usize);
+            prop_assert_eq!(p.search.len(), snapshots as usize);
+            prop_assert_eq!(p.fit[0], v);
+            for &c in &p.search {
+                // [c, c + w) ends at or before v, where the validation labels begin.
+                prop_assert!(c + w <= v, "search cutoff {} overlaps validation {}", c, v);
+            }
+            for &c in p.training.iter() {
+                prop_assert!(c + w <= t, "labels of {} reach past the as-of time", c);
+                prop_assert!(p.fit.contains(&c) || p.search.contains(&c));
+            }
+            prop_assert!(p.training.windows(2).all(|x| x[0] > x[1]));
+            prop_assert_eq!(p.training[0], v);
+        }
     }
 }

@@ -3,9 +3,9 @@
 //! either keeps it in a compact per-profile store or sets it aside with a reason.
 //!
 //! Checks on each row (counted, never silently dropped): null profile id, null or unparseable
-//! timestamp, null event type, events in the future, events the job excludes, exact
-//! duplicates (identical in every field the job reads), and string values that do not convert
-//! to the number a field needs.
+//! timestamp, null event type, events in the future, events the job excludes, events
+//! identical in every field the job reads (removed only with `source.events.dedupe = true`),
+//! and string values that do not convert to the number a field needs.
 
 use std::collections::HashMap;
 
@@ -47,9 +47,12 @@ pub struct EventStore {
     pub etype: Vec<u32>,
     /// [`GOAL_BIT`], then one bit per custom event.
     pub flags: Vec<u32>,
-    /// `numeric_fields.len()` values per event, NaN where missing.
+    /// `num_fields` values per event, NaN where missing.
     pub nums: Vec<f32>,
     pub num_fields: usize,
+    /// The numeric fields, in `nums` order: the job's `numeric_fields`, or the columns found
+    /// when it has none.
+    pub num_names: Vec<String>,
     pub type_names: Vec<String>,
 }
 
@@ -83,8 +86,12 @@ pub struct ScanCounts {
     pub before_horizon: u64,
     /// Valid events at or after the as-of time (used by nothing in this run).
     pub after_as_of: u64,
-    /// Events identical in every field the job reads to an earlier one of the same profile.
+    /// Events identical in every field the job reads to an earlier one of the same profile,
+    /// removed because `source.events.dedupe` is on.
     pub duplicate_events: u64,
+    /// Such events kept because `dedupe` is off (the default): same-day orders in a log that
+    /// stores only dates are not duplicates.
+    pub identical_events: u64,
     pub events_kept: u64,
     pub profiles: u64,
     /// Earliest and latest valid event time (RFC 3339), over the whole source.
@@ -94,6 +101,8 @@ pub struct ScanCounts {
     pub event_types: Vec<(String, u64)>,
     /// Per converted field: values present but not convertible to a number.
     pub unconvertible_values: Vec<UnconvertibleField>,
+    /// Numeric columns used as `numeric_fields` because the job names none.
+    pub numeric_fields_found: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -131,6 +140,8 @@ struct Projection {
     ts_type: DataType,
     custom: usize,
     nums: usize,
+    /// The numeric fields read, as written or found (see `Features::numeric_fields_auto`).
+    num_names: Vec<String>,
     coercions: Vec<String>,
     /// Event fields a goal plugin reads, last in `exprs`.
     extras: usize,
@@ -279,8 +290,34 @@ fn project(
             }
         }
     }
+    // Without `numeric_fields` in the job: the top-level numeric columns that no mapping or
+    // exclusion names, in schema order.
+    let auto: Vec<propensity_core::FieldPath> = if job.features.numeric_fields_auto {
+        let mapped: Vec<String> = [&cols.profile_id, &cols.timestamp, &cols.event_type]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        schema
+            .fields()
+            .iter()
+            .filter(|f| is_numeric(f.data_type()))
+            .map(|f| f.name().clone())
+            .filter(|n| !mapped.contains(n) && !job.features.exclude.contains(n))
+            .filter_map(|n| propensity_core::FieldPath::parse(&n))
+            .filter(|p| p.0.len() == 1)
+            .take(propensity_core::Features::AUTO_NUMERIC_FIELDS)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let numeric_fields = if job.features.numeric_fields_auto {
+        &auto
+    } else {
+        &job.features.numeric_fields
+    };
+    let num_names: Vec<String> = numeric_fields.iter().map(|p| p.to_string()).collect();
     let mut nums = Vec::new();
-    for (i, path) in job.features.numeric_fields.iter().enumerate() {
+    for (i, path) in numeric_fields.iter().enumerate() {
         match fields(path) {
             // A column with no values at all (CSV inference gives it the Null type) is missing.
             Ok(f) if is_numeric(&f.data_type) || f.data_type == DataType::Null => {
@@ -420,6 +457,7 @@ fn project(
         ts_type,
         custom: n_custom,
         nums: n_nums,
+        num_names,
         coercions,
         extras: n_extras,
     })
@@ -658,7 +696,19 @@ pub async fn scan(
         .iter()
         .map(|&o| std::mem::take(&mut profile_ids[o as usize]))
         .collect();
-    let (store, order) = group(raw, sorted, type_names, nn, &extras, &mut counts)?;
+    let (mut store, order) = group(
+        raw,
+        sorted,
+        type_names,
+        nn,
+        &extras,
+        job.events.dedupe,
+        &mut counts,
+    )?;
+    store.num_names = proj.num_names.clone();
+    if job.features.numeric_fields_auto {
+        counts.numeric_fields_found = proj.num_names.clone();
+    }
     counts.events_kept = store.events() as u64;
     counts.profiles = store.profiles() as u64;
     // The plugin fields in the store's order.
@@ -807,16 +857,18 @@ pub fn parse_time(s: &str, fmt: TimestampFormat) -> Option<i64> {
     }
 }
 
-/// Groups raw events by profile (a counting sort), sorts each profile's events by time and
-/// removes exact duplicates.
-/// Groups the raw events by profile, in time order, without exact duplicates. Also returns,
-/// when there are `extras` (plugin fields, in raw order), the raw index of each stored event.
+/// Groups the raw events by profile (a counting sort), in time order; with `dedupe`, events
+/// identical in every field read are kept once (else counted as identical and kept). Also
+/// returns, when there are `extras` (plugin fields, in raw order), the raw index of each
+/// stored event.
+#[allow(clippy::too_many_arguments)]
 fn group(
     raw: Raw,
     profile_ids: Vec<String>,
     type_names: Vec<String>,
     nn: usize,
     extras: &[ArrayRef],
+    dedupe: bool,
     counts: &mut ScanCounts,
 ) -> Result<(EventStore, Vec<u32>), EngineError> {
     // The plugin fields as comparable rows: they order events that tie on everything else
@@ -877,6 +929,7 @@ fn group(
         flags: Vec::with_capacity(order.len()),
         nums: Vec::with_capacity(order.len() * nn),
         num_fields: nn,
+        num_names: Vec::new(),
         type_names,
     };
     store.offsets.push(0);
@@ -898,8 +951,11 @@ fn group(
                 && same_nums(q, i)
                 && same_extra(q, i)
             {
-                counts.duplicate_events += 1;
-                continue;
+                if dedupe {
+                    counts.duplicate_events += 1;
+                    continue;
+                }
+                counts.identical_events += 1;
             }
             prev = Some(i);
             if !extras.is_empty() {

@@ -19,7 +19,7 @@ pub struct FeatureDef {
     pub name: String,
     /// For people: "Cart add events in the last 7 days".
     pub label: String,
-    /// recency | frequency | monetary | engagement | trend | attribute
+    /// recency | frequency | monetary | engagement | trend | attribute | model (BG/NBD)
     pub group: &'static str,
 }
 
@@ -82,6 +82,7 @@ pub struct FeatureSpec {
     flag_slots: Vec<(u32, usize)>,
     nums: usize,
     attrs: Vec<AttrFeature>,
+    btyd: Option<BtydConfig>,
     /// Full row length, before `features.exclude`.
     full: usize,
     /// Indices of the full row that are kept, in catalogue order.
@@ -102,8 +103,18 @@ pub struct FeatureConfig {
     pub windows_secs: Vec<u64>,
     pub top_event_types: usize,
     pub custom_events: Vec<String>,
-    pub numeric_fields: Vec<String>,
     pub exclude: Vec<String>,
+    /// Buy-till-you-die features over the goal's outcome window (see [`Btyd`]).
+    pub btyd: Option<BtydConfig>,
+}
+
+/// Which events are a BG/NBD "transaction", and the window its forecasts cover.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BtydConfig {
+    pub window_secs: u64,
+    /// Days with any event (a plugin goal, whose events the engine cannot tell apart);
+    /// otherwise days with a goal event.
+    pub all_events: bool,
 }
 
 impl FeatureConfig {
@@ -114,11 +125,25 @@ impl FeatureConfig {
             windows_secs: f.windows.iter().map(|w| w.as_secs()).collect(),
             top_event_types: f.top_event_types as usize,
             custom_events: f.custom_events.keys().cloned().collect(),
-            numeric_fields: f.numeric_fields.iter().map(|p| p.to_string()).collect(),
             exclude: f.exclude.clone(),
+            btyd: Some(BtydConfig {
+                window_secs: job.goal.window().as_secs(),
+                all_events: matches!(job.goal, propensity_core::Goal::Plugin(_)),
+            }),
         }
     }
 }
+
+/// The BG/NBD features of one cutoff: the model fitted on the eligible profiles' histories
+/// before the cutoff (never on labels), or `None` when there was too little to fit.
+pub type Btyd<'a> = Option<&'a propensity_model::btyd::BgNbd>;
+
+/// Names of the BG/NBD features, in column order.
+pub const BTYD_FEATURES: [&str; 3] = [
+    "btyd_p_alive",
+    "btyd_expected_goal_events",
+    propensity_model::fallback::BTYD_FEATURE,
+];
 
 impl FeatureSpec {
     pub fn new(cfg: &FeatureConfig, store: &EventStore, profiles: &ProfileTable) -> Self {
@@ -247,11 +272,12 @@ impl FeatureSpec {
             flag_slots,
             nums: store.num_fields,
             attrs,
+            btyd: cfg.btyd,
             full: 0,
             keep: Vec::new(),
             catalogue: Catalogue::default(),
         };
-        let mut all = spec.definitions(&windows_secs, cfg, profiles);
+        let mut all = spec.definitions(&windows_secs, &store.num_names, profiles);
         // Names are unique: a custom event called `event`, types `a.b` and `a-b`, or a field
         // listed twice would otherwise give two columns one name.
         let mut seen = std::collections::HashSet::new();
@@ -297,11 +323,22 @@ impl FeatureSpec {
     fn definitions(
         &self,
         windows_secs: &[u64],
-        cfg: &FeatureConfig,
+        num_names: &[String],
         profiles: &ProfileTable,
     ) -> Vec<FeatureDef> {
         let wname: Vec<String> = windows_secs.iter().map(|s| span_name(*s)).collect();
         let wlabel: Vec<String> = windows_secs.iter().map(|s| span_label(*s)).collect();
+        // "the last 7 days", or "all history" for the lookback `all`.
+        let wlast: Vec<String> = windows_secs
+            .iter()
+            .map(|&s| {
+                if s >= propensity_core::Lookback::ALL_SECS {
+                    "all history".to_owned()
+                } else {
+                    format!("the last {}", span_label(s))
+                }
+            })
+            .collect();
         let mut out = Vec::new();
         let mut push = |name: String, label: String, group: &'static str| {
             out.push(FeatureDef { name, label, group })
@@ -319,14 +356,14 @@ impl FeatureSpec {
         for k in 0..self.windows.len() {
             push(
                 format!("event_count_{}", wname[k]),
-                format!("Events in the last {}", wlabel[k]),
+                format!("Events in {}", wlast[k]),
                 "frequency",
             );
         }
         for k in 0..self.windows.len() {
             push(
                 format!("active_days_{}", wname[k]),
-                format!("Active days in the last {}", wlabel[k]),
+                format!("Active days in {}", wlast[k]),
                 "engagement",
             );
         }
@@ -359,7 +396,7 @@ impl FeatureSpec {
             for k in 0..self.windows.len() {
                 push(
                     format!("{}_count_{}", s.name, wname[k]),
-                    format!("{} in the last {}", capitalize(&s.plural), wlabel[k]),
+                    format!("{} in {}", capitalize(&s.plural), wlast[k]),
                     "frequency",
                 );
             }
@@ -374,22 +411,23 @@ impl FeatureSpec {
                 "recency",
             );
         }
-        for f in &cfg.numeric_fields {
+        // The numeric fields are the store's: the job's `numeric_fields` or those found.
+        for f in num_names {
             let n = sanitize(f);
             for k in 0..self.windows.len() {
                 push(
                     format!("{n}_sum_{}", wname[k]),
-                    format!("Total {f} in the last {}", wlabel[k]),
+                    format!("Total {f} in {}", wlast[k]),
                     "monetary",
                 );
                 push(
                     format!("{n}_mean_{}", wname[k]),
-                    format!("Average {f} in the last {}", wlabel[k]),
+                    format!("Average {f} in {}", wlast[k]),
                     "monetary",
                 );
                 push(
                     format!("{n}_max_{}", wname[k]),
-                    format!("Largest {f} in the last {}", wlabel[k]),
+                    format!("Largest {f} in {}", wlast[k]),
                     "monetary",
                 );
             }
@@ -426,17 +464,86 @@ impl FeatureSpec {
                 }
             }
         }
+        if let Some(b) = &self.btyd {
+            let what = if b.all_events {
+                "active days"
+            } else {
+                "goal events"
+            };
+            let window = span_label(b.window_secs);
+            push(
+                BTYD_FEATURES[0].into(),
+                "Chance of still being an active customer (BG/NBD)".into(),
+                "model",
+            );
+            push(
+                BTYD_FEATURES[1].into(),
+                format!("Expected {what} in the next {window} (BG/NBD)"),
+                "model",
+            );
+            push(
+                BTYD_FEATURES[2].into(),
+                format!("Chance of a goal event in the next {window} (BG/NBD)"),
+                "model",
+            );
+        }
         out
+    }
+
+    /// Whether any BG/NBD feature is kept (so fitting the model per cutoff is worth it).
+    pub fn wants_btyd(&self) -> bool {
+        self.btyd.is_some()
+            && self
+                .catalogue
+                .features
+                .iter()
+                .any(|f| BTYD_FEATURES.contains(&f.name.as_str()))
+    }
+
+    /// Profile `p`'s BG/NBD summary at `cutoff` from its transaction days in
+    /// `[cutoff - lookback, cutoff)`, in days; `None` without a transaction.
+    pub fn rfm(
+        &self,
+        store: &EventStore,
+        p: usize,
+        cutoff: i64,
+    ) -> Option<propensity_model::btyd::Rfm> {
+        let b = self.btyd?;
+        let r = store.range(p);
+        let ts = &store.ts[r.clone()];
+        let start = ts.partition_point(|&t| t < cutoff.saturating_sub(self.lookback));
+        let end = ts.partition_point(|&t| t < cutoff);
+        let mut days = 0u32;
+        let (mut first, mut last) = (i64::MAX, i64::MIN);
+        for (i, &t) in ts.iter().enumerate().take(end).skip(start) {
+            if !b.all_events && store.flags[r.start + i] & GOAL_BIT == 0 {
+                continue;
+            }
+            let d = t.div_euclid(MICROS_PER_DAY);
+            if d != last {
+                days += 1;
+                first = first.min(d);
+                last = d;
+            }
+        }
+        (days > 0).then(|| propensity_model::btyd::Rfm {
+            x: f64::from(days - 1),
+            t_x: (last - first) as f64,
+            t: (cutoff - first * MICROS_PER_DAY) as f64 / MICROS_PER_DAY as f64,
+        })
     }
 
     /// Computes profile `p`'s features at `cutoff` (microseconds) into `out` (length
     /// [`Self::len`]), from the store's events of `p` in `[cutoff - lookback, cutoff)` only.
+    /// `btyd` is the BG/NBD model fitted at this cutoff (see [`Btyd`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn compute(
         &self,
         store: &EventStore,
         profiles: &ProfileTable,
         p: usize,
         cutoff: i64,
+        btyd: Btyd<'_>,
         scratch: &mut Scratch,
         out: &mut [f32],
     ) {
@@ -455,6 +562,17 @@ impl FeatureSpec {
         scratch.full.resize(self.full, 0.0);
         let mut full = std::mem::take(&mut scratch.full);
         self.compute_full(&ev, profiles, p, cutoff, scratch, &mut full);
+        if let Some(b) = &self.btyd {
+            let k = self.full - BTYD_FEATURES.len();
+            let values = match (btyd, self.rfm(store, p, cutoff)) {
+                (Some(m), Some(c)) => {
+                    let w = b.window_secs as f64 / 86_400.0;
+                    [m.p_alive(&c), m.expected(&c, w), m.p_any(&c, w)].map(|v| v as f32)
+                }
+                _ => [f32::NAN; 3],
+            };
+            full[k..k + 3].copy_from_slice(&values);
+        }
         for (o, &k) in out.iter_mut().zip(&self.keep) {
             *o = full[k];
         }
@@ -643,7 +761,12 @@ impl FeatureSpec {
                 }
             }
         }
-        debug_assert_eq!(o, self.full, "feature layout and catalogue disagree");
+        let btyd = if self.btyd.is_some() {
+            BTYD_FEATURES.len()
+        } else {
+            0
+        };
+        debug_assert_eq!(o + btyd, self.full, "feature layout and catalogue disagree");
     }
 }
 
@@ -705,6 +828,9 @@ pub fn sanitize(s: &str) -> String {
 }
 
 fn span_name(secs: u64) -> String {
+    if secs >= propensity_core::Lookback::ALL_SECS {
+        return "all".into();
+    }
     propensity_core::Span::from_secs(secs).to_string()
 }
 
@@ -792,8 +918,8 @@ mod tests {
             windows_secs: vec![7 * 86_400, 30 * 86_400],
             top_event_types: 3,
             custom_events: vec!["big".into()],
-            numeric_fields: vec!["value".into()],
             exclude: vec![],
+            btyd: None,
         };
         FeatureSpec::new(
             &cfg,
@@ -817,6 +943,7 @@ mod tests {
             flags: ev.iter().map(|e| e.2).collect(),
             nums: ev.iter().map(|e| e.3).collect(),
             num_fields: 1,
+            num_names: vec!["value".into()],
             type_names: vec!["view".into(), "commerce.purchases".into(), "email".into()],
         }
     }
@@ -828,11 +955,95 @@ mod tests {
             ..Default::default()
         };
         let mut out = vec![0.0; spec.len()];
-        spec.compute(st, &profiles, 0, cutoff, &mut Scratch::default(), &mut out);
+        spec.compute(
+            st,
+            &profiles,
+            0,
+            cutoff,
+            None,
+            &mut Scratch::default(),
+            &mut out,
+        );
         out
     }
 
     const DAY: i64 = MICROS_PER_DAY;
+
+    #[test]
+    fn btyd_features_summarise_goal_days_before_the_cutoff_only() {
+        // Goal events on days 0, 0 (same day), 10 and 30; a view on day 35; a goal event on
+        // day 50, after the cutoff at day 40.
+        let st = store(&[
+            (0, 1, GOAL_BIT, 1.0),
+            (3_600_000_000, 1, GOAL_BIT, 2.0),
+            (10 * DAY, 1, GOAL_BIT, 1.0),
+            (30 * DAY, 1, GOAL_BIT, 1.0),
+            (35 * DAY, 0, 0, f32::NAN),
+            (50 * DAY, 1, GOAL_BIT, 1.0),
+        ]);
+        let mut cfg = FeatureConfig {
+            lookback_secs: propensity_core::Lookback::ALL_SECS,
+            windows_secs: vec![7 * 86_400],
+            top_event_types: 3,
+            custom_events: vec![],
+            exclude: vec![],
+            btyd: Some(BtydConfig {
+                window_secs: 30 * 86_400,
+                all_events: false,
+            }),
+        };
+        let profiles = ProfileTable {
+            include: vec![true],
+            exclude: vec![false],
+            ..Default::default()
+        };
+        let spec = FeatureSpec::new(&cfg, &st, &profiles);
+        assert!(spec.wants_btyd());
+        let cutoff = 40 * DAY;
+        let c = spec.rfm(&st, 0, cutoff).expect("has goal days");
+        // Three distinct goal days: two repeats, the last 30 days after the first.
+        assert_eq!((c.x, c.t_x, c.t), (2.0, 30.0, 40.0));
+        let m = propensity_model::btyd::BgNbd {
+            r: 0.5,
+            alpha: 20.0,
+            a: 0.8,
+            b: 2.5,
+            modified: false,
+        };
+        let mut out = vec![0.0; spec.len()];
+        spec.compute(
+            &st,
+            &profiles,
+            0,
+            cutoff,
+            Some(&m),
+            &mut Scratch::default(),
+            &mut out,
+        );
+        let idx = |name: &str| spec.catalogue.index(name).expect(name);
+        let at = |name: &str| out[idx(name)];
+        assert!((f64::from(at("btyd_p_alive")) - m.p_alive(&c)).abs() < 1e-6);
+        assert!((f64::from(at("btyd_expected_goal_events")) - m.expected(&c, 30.0)).abs() < 1e-5);
+        assert!((f64::from(at("btyd_p_goal_event")) - m.p_any(&c, 30.0)).abs() < 1e-6);
+        let label =
+            &spec.catalogue.features[spec.catalogue.index("btyd_p_goal_event").expect("f")].label;
+        assert_eq!(label, "Chance of a goal event in the next 30 days (BG/NBD)");
+        // Without a fitted model the features are missing; without goal days too.
+        spec.compute(
+            &st,
+            &profiles,
+            0,
+            cutoff,
+            None,
+            &mut Scratch::default(),
+            &mut out,
+        );
+        assert!(out[idx("btyd_p_alive")].is_nan());
+        assert!(spec.rfm(&st, 0, 0).is_none());
+        // `features.exclude` of all three turns the fit off.
+        cfg.exclude = BTYD_FEATURES.iter().map(|s| s.to_string()).collect();
+        assert!(!FeatureSpec::new(&cfg, &st, &profiles).wants_btyd());
+    }
 
     #[test]
     fn names_are_unique_and_labels_read_well() {
@@ -895,8 +1106,8 @@ mod tests {
             windows_secs: vec![30 * 86_400],
             top_event_types: 3,
             custom_events: vec![],
-            numeric_fields: vec![],
             exclude: vec![],
+            btyd: None,
         };
         let names = |cfg: &FeatureConfig| {
             FeatureSpec::new(cfg, &st, &profiles)

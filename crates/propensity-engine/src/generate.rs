@@ -38,6 +38,19 @@ use serde::Serialize;
 
 use crate::events::MICROS_PER_DAY;
 
+pub mod purchases;
+
+/// What kind of history is generated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// Experience events of a web shop (pages, carts, orders, emails, subscriptions) with
+    /// profiles: the demo data.
+    #[default]
+    Experience,
+    /// Orders only, of one acquisition cohort that ages (see [`purchases`]).
+    Purchases,
+}
+
 /// Output format of the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventFormat {
@@ -59,6 +72,7 @@ pub struct GenerateOptions {
     pub format: EventFormat,
     pub rows_per_file: usize,
     pub row_group_size: usize,
+    pub shape: Shape,
 }
 
 impl GenerateOptions {
@@ -73,6 +87,7 @@ impl GenerateOptions {
             format: EventFormat::Parquet,
             rows_per_file: 1_000_000,
             row_group_size: 128 * 1024,
+            shape: Shape::Experience,
         }
     }
 }
@@ -453,6 +468,9 @@ fn subscribe_and_sign_up(
 /// Writes sample data under `opts.out` (replacing the `events`, `profiles` and `truth`
 /// folders there). Each folder is written next to its final place, then moved in.
 pub fn generate(opts: &GenerateOptions) -> Result<GenerateSummary, String> {
+    if opts.shape == Shape::Purchases {
+        return purchases::generate(opts);
+    }
     let end = opts.end.timestamp_micros();
     let start = end - i64::from(opts.days) * MICROS_PER_DAY;
     let scale = match opts.target_events {

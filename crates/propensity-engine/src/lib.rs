@@ -440,7 +440,11 @@ impl Engine {
                 });
             }
         }
-        let spec = FeatureSpec::new(&FeatureConfig::from_job(job), &store, &profiles);
+        if problems.is_empty() {
+            warnings.extend(checks::coverage(&store, &profiles, &plan, first));
+        }
+        let feature_config = FeatureConfig::from_job(job);
+        let spec = FeatureSpec::new(&feature_config, &store, &profiles);
         if !spec.catalogue.unknown_excludes.is_empty() {
             warnings.push(checks::Finding {
                 code: "unknown-feature-exclude",

@@ -66,7 +66,7 @@ fn main() {
     let shap_rows = scoring.rows.min(20_000);
     let head = Matrix::new(&sx[..shap_rows * width], width);
     let t = Instant::now();
-    let scored = pipeline::score(&scorer, head, 5, 75, 25, &|_, _| {});
+    let scored = pipeline::score(&scorer, head, &[], 5, 75, 25, &|_, _| {});
     let shap = shap_rows as f64 / t.elapsed().as_secs_f64();
     std::hint::black_box(scored);
 

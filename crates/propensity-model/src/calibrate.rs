@@ -2,6 +2,14 @@
 //! adjacent violators) or Platt scaling (a logistic curve on the logit of the raw score).
 //! Both keep the ranking (they are non-decreasing), so AUC is unchanged where scores are
 //! distinct.
+//!
+//! The isotonic map is smoothed ([`Calibrator::Smooth`]): a step function would give every
+//! profile of a block one probability (on a sparse purchase log most profiles shared one) and
+//! 0 or 1 at the ends. Instead each block keeps a slightly shrunk rate
+//! (`(positives + base rate) / (rows + 1)`, never 0 or 1) on average but rises a little from
+//! its lowest to its highest score, the map is linear in log-odds between the blocks'
+//! ends, and constant beyond the outermost. So distinct raw scores in the fitted range keep
+//! distinct probabilities, and no probability is 0 or 1.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +25,16 @@ pub enum Calibrator {
     Isotonic { blocks: Vec<Block> },
     /// `p = 1 / (1 + exp(a · logit(s) + b))`.
     Platt { a: f64, b: f64 },
+    /// Interpolated isotonic regression in log-odds (see the module docs); beyond the end
+    /// knots the log-odds follow `slope` (0: constant).
+    Smooth { knots: Vec<Knot>, slope: f64 },
+}
+
+/// One knot of [`Calibrator::Smooth`]: a block's mean raw log-odds and its probability.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct Knot {
+    pub logit: f64,
+    pub value: f64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -32,8 +50,96 @@ fn logit(s: f64) -> f64 {
 }
 
 impl Calibrator {
-    /// Isotonic regression of the labels on the scores.
+    /// Smoothed isotonic regression of the labels on the scores (see the module docs).
     pub fn isotonic(scores: &[f64], labels: &[bool]) -> Self {
+        let n = scores.len().min(labels.len());
+        if n == 0 {
+            return Calibrator::None;
+        }
+        let base = labels[..n].iter().filter(|l| **l).count() as f64 / n as f64;
+        let z: Vec<f64> = scores[..n].iter().map(|&s| logit(s)).collect();
+        let mut idx: Vec<usize> = (0..n).collect();
+        idx.sort_by(|&a, &b| z[a].total_cmp(&z[b]));
+        // Blocks: (sum of log-odds, positives, rows) and their (lowest, highest) log-odds;
+        // equal scores start as one block.
+        let mut blocks: Vec<(f64, f64, f64)> = Vec::new();
+        let mut bounds: Vec<(f64, f64)> = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let mut j = i;
+            while j + 1 < n && z[idx[j + 1]] == z[idx[i]] {
+                j += 1;
+            }
+            let pos = idx[i..=j].iter().filter(|&&k| labels[k]).count() as f64;
+            let w = (j - i + 1) as f64;
+            blocks.push((z[idx[i]] * w, pos, w));
+            bounds.push((z[idx[i]], z[idx[i]]));
+            while blocks.len() >= 2 {
+                let k = blocks.len();
+                let (a, b) = (blocks[k - 2], blocks[k - 1]);
+                if a.1 / a.2 < b.1 / b.2 {
+                    break;
+                }
+                let (ba, bb) = (bounds[k - 2], bounds[k - 1]);
+                blocks.truncate(k - 2);
+                bounds.truncate(k - 2);
+                blocks.push((a.0 + b.0, a.1 + b.1, a.2 + b.2));
+                bounds.push((ba.0, bb.1));
+            }
+            i = j + 1;
+        }
+        // Shrinking small blocks more than large ones can break the order: keep it with a
+        // running maximum.
+        let mut top = 0.0f64;
+        let values: Vec<f64> = blocks
+            .iter()
+            .map(|&(_, pos, w)| {
+                // Never 0 or 1, even when every row of the data has one label.
+                top = top.max(((pos + base) / (w + 1.0)).clamp(1e-6, 1.0 - 1e-6));
+                top
+            })
+            .collect();
+        // Each block keeps its rate on average but spreads a little, symmetrically, across its
+        // scores (at most a quarter of the way to either neighbour's rate, and 10 % of its
+        // own), so the map is strictly increasing wherever the neighbours differ.
+        let mut knots = Vec::with_capacity(2 * values.len());
+        for (k, &(lo, hi)) in bounds.iter().enumerate() {
+            let v = values[k];
+            let below = if k > 0 {
+                (v - values[k - 1]) / 4.0
+            } else {
+                v / 10.0
+            };
+            let above = if k + 1 < values.len() {
+                (values[k + 1] - v) / 4.0
+            } else {
+                (1.0 - v) / 10.0
+            };
+            // The same both ways, so the block's mean stays its rate.
+            let d = below.min(above).min(v / 10.0);
+            let (d_lo, d_hi) = (d, d);
+            if hi > lo {
+                knots.push(Knot {
+                    logit: lo,
+                    value: v - d_lo,
+                });
+                knots.push(Knot {
+                    logit: hi,
+                    value: v + d_hi,
+                });
+            } else {
+                knots.push(Knot {
+                    logit: lo,
+                    value: v,
+                });
+            }
+        }
+        Calibrator::Smooth { knots, slope: 0.0 }
+    }
+
+    /// Isotonic regression as a step function (the calibration of models stored before
+    /// [`Calibrator::Smooth`]; kept so they still load).
+    pub fn isotonic_steps(scores: &[f64], labels: &[bool]) -> Self {
         let n = scores.len().min(labels.len());
         let mut idx: Vec<usize> = (0..n).collect();
         idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
@@ -168,6 +274,23 @@ impl Calibrator {
                 let w = (s - lo.upper) / (hi.lower - lo.upper);
                 lo.value + w * (hi.value - lo.value)
             }
+            Calibrator::Smooth { knots, slope } => {
+                let (Some(first), Some(last)) = (knots.first(), knots.last()) else {
+                    return s.clamp(0.0, 1.0);
+                };
+                let z = logit(s);
+                if z <= first.logit {
+                    return sigmoid(logit(first.value) + slope * (z - first.logit));
+                }
+                if z >= last.logit {
+                    return sigmoid(logit(last.value) + slope * (z - last.logit));
+                }
+                // Knots may share a log-odds value only when they are one block's two ends.
+                let k = knots.partition_point(|k| k.logit < z);
+                let (lo, hi) = (knots[k - 1], knots[k]);
+                let w = (z - lo.logit) / (hi.logit - lo.logit);
+                lo.value + w * (hi.value - lo.value)
+            }
         }
     }
 }
@@ -208,15 +331,48 @@ mod tests {
     }
 
     #[test]
-    fn isotonic_interpolates_between_blocks_and_clamps_outside() {
+    fn smooth_isotonic_interpolates_and_never_reaches_0_or_1() {
         let c = Calibrator::isotonic(&[0.1, 0.2, 0.6, 0.8], &[false, false, true, true]);
-        assert_eq!(c.apply(0.0), 0.0);
-        assert_eq!(c.apply(0.15), 0.0);
+        let Calibrator::Smooth { knots, .. } = &c else {
+            panic!("{c:?}")
+        };
+        // Two blocks (the negatives and the positives), shrunk towards the base rate 0.5,
+        // each with a knot at its lowest and highest score around its rate.
+        assert_eq!(knots.len(), 4);
+        let mid = |a: &Knot, b: &Knot| (a.value + b.value) / 2.0;
         assert!(
-            (c.apply(0.4) - 0.5).abs() < 1e-12,
-            "halfway between the 0.2 and 0.6 blocks"
+            (mid(&knots[0], &knots[1]) - 0.5 / 3.0).abs() < 0.01,
+            "{knots:?}"
         );
-        assert_eq!(c.apply(1.0), 1.0);
+        assert!(
+            (mid(&knots[2], &knots[3]) - 2.5 / 3.0).abs() < 0.01,
+            "{knots:?}"
+        );
+        assert!(
+            knots
+                .windows(2)
+                .all(|w| w[0].value < w[1].value && w[0].logit < w[1].logit)
+        );
+        let p: Vec<f64> = [0.0, 0.05, 0.15, 0.4, 0.7, 0.95, 1.0]
+            .iter()
+            .map(|&s| c.apply(s))
+            .collect();
+        assert!(p.iter().all(|v| *v > 0.0 && *v < 1.0), "{p:?}");
+        assert!(p.windows(2).all(|w| w[0] <= w[1]), "{p:?}");
+        // Between the blocks the map is linear in log-odds, so 0.4 is strictly between.
+        assert!(p[3] > knots[1].value && p[3] < knots[2].value);
+    }
+
+    #[test]
+    fn smooth_isotonic_keeps_distinct_scores_distinct() {
+        let (s, y) = miscalibrated(5_000);
+        let c = Calibrator::isotonic(&s, &y);
+        let mut p: Vec<f64> = s.iter().map(|&v| c.apply(v)).collect();
+        p.sort_by(f64::total_cmp);
+        p.dedup();
+        // A step function gives one value per block (a few dozen); the smooth map nearly
+        // one per score.
+        assert!(p.len() > 4_000, "{} distinct probabilities", p.len());
     }
 
     proptest! {
@@ -226,7 +382,7 @@ mod tests {
             probes in prop::collection::vec(0.0f64..1.0, 2..50),
         ) {
             let (s, y): (Vec<f64>, Vec<bool>) = data.into_iter().unzip();
-            for c in [Calibrator::isotonic(&s, &y), Calibrator::platt(&s, &y)] {
+            for c in [Calibrator::isotonic(&s, &y), Calibrator::isotonic_steps(&s, &y), Calibrator::platt(&s, &y)] {
                 let mut probes = probes.clone();
                 probes.sort_by(f64::total_cmp);
                 let out: Vec<f64> = probes.iter().map(|&p| c.apply(p)).collect();

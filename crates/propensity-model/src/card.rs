@@ -25,7 +25,7 @@ pub struct ModelCard {
     /// The outcome window, e.g. `30d`.
     pub window: String,
     pub cutoffs: Vec<CutoffSummary>,
-    /// Rows, positives and negatives of the training cutoffs (validation excluded).
+    /// Rows, positives and negatives of the cutoffs the scoring model trained on.
     pub train: ClassCounts,
     /// Rows, positives and negatives of the validation cutoff.
     pub validation: ClassCounts,
@@ -49,6 +49,46 @@ pub struct ModelCard {
     pub quality: Quality,
     /// Time spent per training stage, in seconds.
     pub timings: Vec<(String, f64)>,
+    /// How the training cutoffs were used (cards of older models have none).
+    #[serde(default)]
+    pub protocol: Option<Protocol>,
+    /// The capacity search, when one ran.
+    #[serde(default)]
+    pub search: Option<crate::search::SearchRecord>,
+    /// The BG/NBD model of each cutoff (the buy-till-you-die features).
+    #[serde(default)]
+    pub btyd: Vec<BtydSummary>,
+    /// What the scores of the training run are expected to achieve on the next window (AUC,
+    /// PR-AUC, lift, base rate), from their calibrated probabilities; `metrics` holds what the
+    /// validated model measured on the validation cutoff.
+    #[serde(default)]
+    pub expected: Option<crate::metrics::Expected>,
+}
+
+/// The training protocol: which cutoffs chose the settings, which validated, which fit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Protocol {
+    /// `purged out-of-time`, or `split by profile (…)` when the history is too short.
+    pub kind: String,
+    pub description: String,
+    pub validation_cutoff: String,
+    /// Cutoffs of the models judged on the validation cutoff (RFC 3339, newest first).
+    pub search_cutoffs: Vec<String>,
+    /// Cutoffs of the model that scores.
+    pub fit_cutoffs: Vec<String>,
+    /// Gap between the newest search cutoff and the validation cutoff: the outcome window.
+    pub embargo: String,
+    /// Time between cutoffs.
+    pub stride: String,
+    /// Rows of the search cutoffs.
+    pub search_rows: ClassCounts,
+}
+
+/// The BG/NBD model fitted at one cutoff (`None`: too little to fit).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BtydSummary {
+    pub cutoff: String,
+    pub fit: Option<crate::btyd::Fit>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,6 +122,26 @@ pub struct Metrics {
     pub mean_probability: f64,
     pub calibration_curve: Vec<CalibrationBin>,
     pub deciles: Vec<Decile>,
+    /// Positive rate in the top 10 % by score over the base rate.
+    #[serde(default)]
+    pub lift_at_10: Option<f64>,
+    /// Positives and negatives the metrics were measured on.
+    #[serde(default)]
+    pub positives: usize,
+    #[serde(default)]
+    pub negatives: usize,
+    /// At least 50 positives and 50 negatives: below that the figures are noise, and reports
+    /// say "too few positives to measure" instead of showing them.
+    #[serde(default = "yes")]
+    pub measurable: bool,
+    /// What the validated model's own probabilities expected of it on the validation cutoff,
+    /// beside the measured figures: how far its self-assessment is to be trusted.
+    #[serde(default)]
+    pub expected: Option<crate::metrics::Expected>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

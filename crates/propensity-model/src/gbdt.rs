@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Matrix, sigmoid};
+use crate::{Matrix, Stack, sigmoid};
 
 /// Training settings. The defaults match the job file's `[model.gbdt]` defaults.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -35,7 +35,7 @@ pub struct GbdtParams {
 impl Default for GbdtParams {
     fn default() -> Self {
         Self {
-            num_trees: 300,
+            num_trees: 1000,
             learning_rate: 0.05,
             max_depth: 6,
             num_leaves: 31,
@@ -122,18 +122,75 @@ pub fn goes_left(n: &Node, v: f32) -> bool {
     (v <= n.threshold) | (v.is_nan() & n.default_left)
 }
 
-/// A trained ensemble: `margin(x) = base + Σ tree(x)` in log-odds.
+/// A trained ensemble: `margin(x) = base + offset(x) + Σ tree(x)` in log-odds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Gbdt {
     pub base: f64,
     pub trees: Vec<Tree>,
     pub width: usize,
+    /// A prior the trees correct rather than learn from scratch (models stored before it
+    /// have none).
+    #[serde(default)]
+    pub offset: Option<Offset>,
 }
 
 impl Gbdt {
     #[inline]
     pub fn margin(&self, x: &[f32]) -> f64 {
-        self.base + self.trees.iter().map(|t| t.predict(x)).sum::<f64>()
+        let o = self.offset.as_ref().map_or(0.0, |o| o.value(x));
+        self.base + o + self.trees.iter().map(|t| t.predict(x)).sum::<f64>()
+    }
+}
+
+/// The log-odds of a probability feature as the starting margin of every row: boosting from
+/// a forecast. Propensity uses the BG/NBD chance of a goal event in the window, fitted at
+/// each cutoff on the history before it: the trees then learn what the buy-till-you-die
+/// model misses, and the forecast carries what trees cannot extrapolate (a cohort older
+/// than any training cutoff).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Offset {
+    pub feature: usize,
+    /// Use `1 − p` (a churn goal).
+    pub flip: bool,
+    /// The probability used where the feature is missing.
+    pub missing: f64,
+    /// The mean offset over the training rows (the part of the base value reason codes
+    /// measure contributions from).
+    pub mean: f64,
+}
+
+impl Offset {
+    #[inline]
+    pub fn value(&self, x: &[f32]) -> f64 {
+        let v = f64::from(x[self.feature]);
+        let p = if v.is_nan() { self.missing } else { v };
+        let p = if self.flip { 1.0 - p } else { p };
+        let p = p.clamp(1e-4, 1.0 - 1e-4);
+        (p / (1.0 - p)).ln()
+    }
+
+    /// An offset on `feature` for training rows `x` with labels `y`: the missing value is
+    /// the smoothed positive rate of the rows without it, `mean` the mean over `x`.
+    pub fn fit(x: &Stack<'_>, y: &[u8], feature: usize, flip: bool) -> Self {
+        let (mut rows, mut pos) = (0usize, 0usize);
+        let total_pos = y.iter().filter(|l| **l == 1).count();
+        let base = (total_pos as f64 + 1.0) / (y.len() as f64 + 2.0);
+        for (v, l) in x.column(feature).zip(y) {
+            if v.is_nan() {
+                rows += 1;
+                pos += usize::from(*l == 1);
+            }
+        }
+        let rate = (pos as f64 + base) / (rows as f64 + 1.0);
+        let mut o = Offset {
+            feature,
+            flip,
+            missing: if flip { 1.0 - rate } else { rate },
+            mean: 0.0,
+        };
+        let n = x.rows().max(1) as f64;
+        o.mean = x.iter_rows().map(|r| o.value(r)).sum::<f64>() / n;
+        o
     }
 }
 
@@ -194,18 +251,15 @@ struct Bins {
 }
 
 impl Bins {
-    fn fit(x: Matrix<'_>, max_bins: usize, nthreads: usize) -> Self {
+    fn fit(x: &Stack<'_>, max_bins: usize, nthreads: usize) -> Self {
         let max_bins = max_bins.clamp(2, 255);
         // A deterministic sample is enough for quantiles.
-        let step = (x.rows / 200_000).max(1);
+        let step = (x.rows() / 200_000).max(1);
         let uppers = par_ranges(x.width, nthreads, |range| {
             range
                 .map(|f| {
-                    let mut v: Vec<f32> = (0..x.rows)
-                        .step_by(step)
-                        .map(|i| x.get(i, f))
-                        .filter(|v| !v.is_nan())
-                        .collect();
+                    let mut v: Vec<f32> =
+                        x.column(f).step_by(step).filter(|v| !v.is_nan()).collect();
                     v.sort_unstable_by(f32::total_cmp);
                     feature_uppers(&v, max_bins)
                 })
@@ -228,12 +282,12 @@ impl Bins {
     }
 
     /// Column-major bin codes.
-    fn apply(&self, x: Matrix<'_>, nthreads: usize) -> Vec<u8> {
-        let n = x.rows;
+    fn apply(&self, x: &Stack<'_>, nthreads: usize) -> Vec<u8> {
+        let n = x.rows();
         par_ranges(x.width, nthreads, |range| {
             let mut out = Vec::with_capacity(range.len() * n);
             for f in range {
-                out.extend((0..n).map(|i| self.bin(f, x.get(i, f))));
+                out.extend(x.column(f).map(|v| self.bin(f, v)));
             }
             out
         })
@@ -688,7 +742,109 @@ fn log_loss(margins: &[f64], y: &[u8], pos_weight: f64) -> f64 {
     if wsum > 0.0 { sum / wsum } else { 0.0 }
 }
 
-/// Trains on `x`/`y` (labels 0/1), stopping early on `valid` when given.
+/// Training rows binned once: bin bounds per feature and column-major bin codes of the
+/// features that vary, so several models (the capacity search's candidates) train on the same
+/// codes without binning again.
+#[derive(Debug, Clone)]
+pub struct Binned {
+    bins: Bins,
+    /// Codes per slot, column-major, padded with zero columns to a multiple of 4 slots.
+    cols: Vec<u8>,
+    n: usize,
+    width: usize,
+    /// Feature of each slot.
+    active: Vec<usize>,
+    /// Bins used per slot (value bins + the missing bin; 1 for padding).
+    used: Vec<usize>,
+    /// Value bins per feature.
+    nbins: Vec<usize>,
+    /// The offset's margin of every row, when boosting starts from one.
+    offset: Option<(Offset, Vec<f64>)>,
+    pub binning_seconds: f64,
+}
+
+impl Binned {
+    pub fn new(x: &Stack<'_>, max_bins: usize, threads_wanted: usize) -> Self {
+        let nthreads = threads(threads_wanted);
+        let n = x.rows();
+        let t0 = std::time::Instant::now();
+        let bins = Bins::fit(x, max_bins, nthreads);
+        let mut codes = bins.apply(x, nthreads);
+        let nbins: Vec<usize> = bins.uppers.iter().map(Vec::len).collect();
+        let active: Vec<usize> = (0..x.width)
+            .filter(|&f| {
+                nbins[f] > 1
+                    || codes[f * n..(f + 1) * n]
+                        .iter()
+                        .any(|&c| c as usize == nbins[f])
+            })
+            .collect();
+        let ngroups = active.len().div_ceil(4);
+        // The active features' columns in slot order, padded with zero columns to a multiple
+        // of 4. Compacted in place: slot `k` is at or before feature `active[k]`.
+        for (slot, &f) in active.iter().enumerate() {
+            if slot != f {
+                codes.copy_within(f * n..(f + 1) * n, slot * n);
+            }
+        }
+        codes.truncate(active.len() * n);
+        codes.resize(ngroups * 4 * n, 0);
+        let used: Vec<usize> = (0..ngroups * 4)
+            .map(|slot| active.get(slot).map_or(1, |&f| nbins[f] + 1))
+            .collect();
+        Binned {
+            bins,
+            cols: codes,
+            n,
+            width: x.width,
+            active,
+            used,
+            nbins,
+            offset: None,
+            binning_seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
+
+    /// Boosting on these rows starts from `offset` (evaluated on the raw rows `x`, the rows
+    /// these codes were binned from).
+    pub fn with_offset(mut self, x: &Stack<'_>, offset: Offset) -> Self {
+        let values = x.iter_rows().map(|r| offset.value(r)).collect();
+        self.offset = Some((offset, values));
+        self
+    }
+
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+
+    /// The rows `keep` (ascending), with the same bins.
+    pub fn subset(&self, keep: &[u32]) -> Binned {
+        let m = keep.len();
+        let slots = self.used.len();
+        let mut cols = Vec::with_capacity(slots * m);
+        for s in 0..slots {
+            let col = &self.cols[s * self.n..(s + 1) * self.n];
+            cols.extend(keep.iter().map(|&r| col[r as usize]));
+        }
+        Binned {
+            bins: self.bins.clone(),
+            cols,
+            n: m,
+            width: self.width,
+            active: self.active.clone(),
+            used: self.used.clone(),
+            nbins: self.nbins.clone(),
+            offset: self
+                .offset
+                .as_ref()
+                .map(|(o, v)| (o.clone(), keep.iter().map(|&r| v[r as usize]).collect())),
+            binning_seconds: 0.0,
+        }
+    }
+}
+
+/// Trains on `x` (binned here) with early stopping on `valid` when given. `progress(done,
+/// total)` reports boosting rounds.
 pub fn train(
     x: Matrix<'_>,
     y: &[u8],
@@ -696,61 +852,76 @@ pub fn train(
     p: &GbdtParams,
     progress: Progress<'_>,
 ) -> (Gbdt, TrainLog) {
-    let nthreads = threads(p.threads);
-    let n = x.rows;
-    let t0 = std::time::Instant::now();
-    let bins = Bins::fit(x, p.max_bins, nthreads);
-    let mut codes = bins.apply(x, nthreads);
-    let binning_seconds = t0.elapsed().as_secs_f64();
-    let t1 = std::time::Instant::now();
+    let binned = Binned::new(&Stack::one(x), p.max_bins, p.threads);
+    train_binned(&binned, y, valid, p, progress)
+}
 
+/// Trains on binned rows (see [`train`]). `p.max_bins` was applied when binning.
+pub fn train_binned(
+    b: &Binned,
+    y: &[u8],
+    valid: Option<(Matrix<'_>, &[u8])>,
+    p: &GbdtParams,
+    progress: Progress<'_>,
+) -> (Gbdt, TrainLog) {
+    let nthreads = threads(p.threads);
+    let n = b.n;
+    let t1 = std::time::Instant::now();
     let w_pos = p.pos_weight.max(1e-6);
     let (sw_pos, sw_neg) = y.iter().fold((0.0, 0.0), |(a, b), &l| {
         if l == 1 { (a + w_pos, b) } else { (a, b + 1.0) }
     });
+    let init: &[f64] = b.offset.as_ref().map_or(&[], |(_, v)| &v[..]);
+    let offset = b.offset.as_ref().map(|(o, _)| o.clone());
     let base = if sw_pos > 0.0 && sw_neg > 0.0 {
-        (sw_pos / sw_neg).ln()
+        match &offset {
+            None => (sw_pos / sw_neg).ln(),
+            // The constant that minimises the weighted log loss on top of the offsets.
+            Some(_) => {
+                let mut c = 0.0f64;
+                for _ in 0..20 {
+                    let (mut g, mut h) = (0.0f64, 0.0f64);
+                    for (&o, &l) in init.iter().zip(y) {
+                        let pr = sigmoid(o + c);
+                        let w = if l == 1 { w_pos } else { 1.0 };
+                        g += w * (pr - f64::from(l));
+                        h += w * (pr * (1.0 - pr)).max(1e-12);
+                    }
+                    let step = g / h.max(1e-12);
+                    c -= step;
+                    if step.abs() < 1e-10 {
+                        break;
+                    }
+                }
+                c
+            }
+        }
     } else {
         0.0
     };
-    let nbins: Vec<usize> = bins.uppers.iter().map(Vec::len).collect();
-    let active: Vec<usize> = (0..x.width)
-        .filter(|&f| {
-            nbins[f] > 1
-                || codes[f * n..(f + 1) * n]
-                    .iter()
-                    .any(|&c| c as usize == nbins[f])
-        })
-        .collect();
-    let ngroups = active.len().div_ceil(4);
-    // The active features' columns in slot order, padded with zero columns to a multiple of
-    // 4. Compacted in place: slot `k` is at or before feature `active[k]`.
-    for (slot, &f) in active.iter().enumerate() {
-        if slot != f {
-            codes.copy_within(f * n..(f + 1) * n, slot * n);
-        }
-    }
-    codes.truncate(active.len() * n);
-    codes.resize(ngroups * 4 * n, 0);
-    let cols = codes;
-    let used: Vec<usize> = (0..ngroups * 4)
-        .map(|slot| active.get(slot).map_or(1, |&f| nbins[f] + 1))
-        .collect();
     let grower = Grower {
-        cols: &cols,
+        cols: &b.cols,
         n,
-        active,
-        used,
-        nbins,
+        active: b.active.clone(),
+        used: b.used.clone(),
+        nbins: b.nbins.clone(),
         p,
         nthreads,
     };
     let mut pool = Pool::default();
-    let mut margins = vec![base; n];
+    let mut margins: Vec<f64> = if init.is_empty() {
+        vec![base; n]
+    } else {
+        init.iter().map(|o| base + o).collect()
+    };
     let mut grad = vec![0f32; n];
     let mut hess = vec![0f32; n];
     let mut idx: Vec<u32> = (0..n as u32).collect();
-    let mut valid_m: Vec<f64> = valid.map_or_else(Vec::new, |(v, _)| vec![base; v.rows]);
+    let mut valid_m: Vec<f64> = valid.map_or_else(Vec::new, |(v, _)| {
+        (0..v.rows)
+            .map(|i| base + offset.as_ref().map_or(0.0, |o| o.value(v.row(i))))
+            .collect()
+    });
     let mut valid_loss = Vec::new();
     let mut trees: Vec<Tree> = Vec::new();
     let mut best = (f64::INFINITY, 0usize);
@@ -778,10 +949,10 @@ pub fn train(
         for (i, r) in idx.iter_mut().enumerate() {
             *r = i as u32;
         }
-        let (tree, ranges) = grower.grow(&mut idx, &grad, &hess, &bins, &mut pool);
-        for (leaf, &(b, e)) in ranges.iter().enumerate() {
+        let (tree, ranges) = grower.grow(&mut idx, &grad, &hess, &b.bins, &mut pool);
+        for (leaf, &(lo, hi)) in ranges.iter().enumerate() {
             let v = tree.leaf_values[leaf];
-            for &r in &idx[b..e] {
+            for &r in &idx[lo..hi] {
                 margins[r as usize] += v;
             }
         }
@@ -814,14 +985,15 @@ pub fn train(
         trees: trees.len(),
         grown,
         valid_loss,
-        binning_seconds,
+        binning_seconds: b.binning_seconds,
         boosting_seconds: t1.elapsed().as_secs_f64(),
     };
     (
         Gbdt {
             base,
             trees,
-            width: x.width,
+            width: b.width,
+            offset,
         },
         log,
     )

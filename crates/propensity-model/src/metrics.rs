@@ -149,6 +149,34 @@ pub struct Decile {
     pub cumulative_gain: f64,
 }
 
+/// Lift in the top `share` of rows by score: their positive rate over the overall rate.
+/// Ties at the cut are shared in proportion (each tied row counts fractionally), so the
+/// figure does not depend on how ties happen to be ordered. `None` without positives.
+pub fn lift_at(scores: &[f64], labels: &[bool], share: f64) -> Option<f64> {
+    let n = scores.len().min(labels.len());
+    let pos = labels[..n].iter().filter(|l| **l).count();
+    if n == 0 || pos == 0 {
+        return None;
+    }
+    let k = (share.clamp(0.0, 1.0) * n as f64).round().max(1.0);
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut taken, mut hits, mut i) = (0.0f64, 0.0f64, 0usize);
+    while i < n && taken < k {
+        let mut j = i;
+        while j + 1 < n && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let group = (j - i + 1) as f64;
+        let group_pos = idx[i..=j].iter().filter(|&&r| labels[r]).count() as f64;
+        let take = group.min(k - taken);
+        hits += group_pos * take / group;
+        taken += take;
+        i = j + 1;
+    }
+    Some((hits / taken) / (pos as f64 / n as f64))
+}
+
 /// Lift and cumulative gains by decile. Rows are ranked by score, ties broken by position,
 /// and split into ten groups whose sizes differ by at most one.
 pub fn deciles(scores: &[f64], labels: &[bool]) -> Vec<Decile> {
@@ -268,5 +296,116 @@ mod tests {
         );
         assert!((d[9].cumulative_gain - 1.0).abs() < 1e-12);
         assert!(d[0].lift > 4.0);
+    }
+}
+
+/// What calibrated probabilities expect of their own ranking before the outcomes are known:
+/// the AUC, average precision and lift at 10 % that the scores will achieve on the coming
+/// window if each profile's outcome happens with its probability. Ranked by `scores` (ties
+/// counted half), measured against the expected positives `probs`. These are the model
+/// card's estimates for the next window; they are exact in expectation when the
+/// probabilities are calibrated, and the validation cutoff's calibration error says how far
+/// to trust that.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Expected {
+    pub auc: Option<f64>,
+    pub pr_auc: Option<f64>,
+    pub lift_at_10: Option<f64>,
+    /// Mean probability: the expected base rate of the window.
+    pub base_rate: f64,
+    /// Profiles the expectation is over.
+    pub profiles: usize,
+}
+
+pub fn expected(scores: &[f64], probs: &[f64]) -> Expected {
+    let n = scores.len().min(probs.len());
+    let total_p: f64 = probs[..n].iter().sum();
+    let total_q = n as f64 - total_p;
+    let mut idx: Vec<usize> = (0..n).collect();
+    idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]).then(a.cmp(&b)));
+    // AUC: each pair (positive i, negative j) with i ranked above j, weighted p_i (1 − p_j).
+    let (mut below_q, mut num, mut i) = (0.0f64, 0.0f64, 0usize);
+    while i < n {
+        let mut j = i;
+        while j + 1 < n && scores[idx[j + 1]] == scores[idx[i]] {
+            j += 1;
+        }
+        let (gp, gq): (f64, f64) = idx[i..=j]
+            .iter()
+            .map(|&k| (probs[k], 1.0 - probs[k]))
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let self_pairs: f64 = idx[i..=j]
+            .iter()
+            .map(|&k| probs[k] * (1.0 - probs[k]))
+            .sum();
+        num += gp * below_q + 0.5 * (gp * gq - self_pairs);
+        below_q += gq;
+        i = j + 1;
+    }
+    let pairs = total_p * total_q - probs[..n].iter().map(|p| p * (1.0 - p)).sum::<f64>();
+    let auc = (pairs > 0.0).then(|| num / pairs);
+    // Average precision and lift, best first.
+    idx.reverse();
+    let (mut cum, mut ap) = (0.0f64, 0.0f64);
+    for (k, &r) in idx.iter().enumerate() {
+        cum += probs[r];
+        ap += probs[r] / total_p.max(f64::MIN_POSITIVE) * (cum / (k + 1) as f64);
+    }
+    let top = ((0.1 * n as f64).round() as usize).clamp(1, n.max(1));
+    let top_p: f64 = idx.iter().take(top).map(|&r| probs[r]).sum();
+    let base = total_p / n.max(1) as f64;
+    Expected {
+        auc,
+        pr_auc: (total_p > 0.0).then_some(ap),
+        lift_at_10: (total_p > 0.0 && n > 0).then(|| (top_p / top as f64) / base),
+        base_rate: base,
+        profiles: n,
+    }
+}
+
+#[cfg(test)]
+mod expected_tests {
+    use super::*;
+
+    #[test]
+    fn expected_metrics_match_outcomes_drawn_from_the_probabilities() {
+        // 4,000 profiles with known probabilities; outcomes drawn 200 times.
+        let n = 4000;
+        let probs: Vec<f64> = (0..n)
+            .map(|i| {
+                let u = crate::mix(i as u64) as f64 / u64::MAX as f64;
+                0.02 + 0.6 * u * u
+            })
+            .collect();
+        let scores = probs.clone();
+        let e = expected(&scores, &probs);
+        let (mut auc, mut lift, mut ap) = (0.0, 0.0, 0.0);
+        let draws = 200;
+        for d in 0..draws {
+            let y: Vec<bool> = (0..n)
+                .map(|i| {
+                    let u = crate::mix((d * n + i) as u64 ^ 0xabc) as f64 / u64::MAX as f64;
+                    u < probs[i]
+                })
+                .collect();
+            auc += super::auc(&scores, &y).unwrap_or(0.0);
+            lift += lift_at(&scores, &y, 0.1).unwrap_or(0.0);
+            ap += average_precision(&scores, &y).unwrap_or(0.0);
+        }
+        let d = f64::from(draws as u32);
+        let close = |a: f64, b: Option<f64>, tol: f64| (a / d - b.unwrap_or(0.0)).abs() < tol;
+        assert!(close(auc, e.auc, 0.003), "{} vs {:?}", auc / d, e.auc);
+        assert!(
+            close(lift, e.lift_at_10, 0.03),
+            "{} vs {:?}",
+            lift / d,
+            e.lift_at_10
+        );
+        assert!(close(ap, e.pr_auc, 0.01), "{} vs {:?}", ap / d, e.pr_auc);
+        let mean = probs.iter().sum::<f64>() / n as f64;
+        assert!((e.base_rate - mean).abs() < 1e-12);
+        // Ties: equal scores are half above, half below.
+        let flat = expected(&[1.0, 1.0], &[0.5, 0.5]);
+        assert_eq!(flat.auc, Some(0.5));
     }
 }

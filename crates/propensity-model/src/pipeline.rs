@@ -18,8 +18,9 @@ use crate::fallback::Fallback;
 use crate::gbdt::{self, Gbdt, GbdtParams, par_ranges};
 use crate::linear::{Linear, sample_indices};
 use crate::metrics;
+use crate::search;
 use crate::shap::{self, Explainer};
-use crate::{Matrix, sigmoid};
+use crate::{Matrix, Stack, sigmoid};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -32,6 +33,8 @@ pub enum Algorithm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CalibrationMethod {
+    /// None for trees boosted from the BG/NBD forecast, isotonic otherwise.
+    Auto,
     Isotonic,
     Platt,
     None,
@@ -52,7 +55,7 @@ impl Model {
         match self {
             Model::Gbdt(_) => "gbdt",
             Model::Linear(l) => &l.kind,
-            Model::Fallback(_) => "fallback_rfm",
+            Model::Fallback(f) => f.algorithm(),
         }
     }
 
@@ -137,7 +140,13 @@ const BLOCK: usize = 64;
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub algorithm: Algorithm,
+    /// Parameters of the trees that are not searched (bins, L2, threads), and the defaults
+    /// of those that are.
     pub gbdt: GbdtParams,
+    /// What the job fixes in `[model.gbdt]`.
+    pub fixed: search::Fixed,
+    /// Wall-time budget of the capacity search; `None`: no search.
+    pub search_budget: Option<std::time::Duration>,
     pub calibration: CalibrationMethod,
     pub seed: u64,
     pub min_positives: usize,
@@ -150,15 +159,20 @@ pub struct Settings {
     pub medium: u32,
 }
 
-/// Training input: older cutoffs stacked (`train`) and the latest cutoff (`valid`).
-#[derive(Debug, Clone, Copy)]
+/// Training input, as the purged out-of-time protocol lays it out (see the runtime's
+/// `CutoffPlan`): the **search** cutoffs train the candidates judged on the **validation**
+/// cutoff, whose label window none of theirs overlaps; the **fit** cutoffs (the newest, the
+/// validation cutoff included) train the model that scores.
+#[derive(Debug, Clone)]
 pub struct TrainData<'a> {
     pub names: &'a [String],
     pub labels: &'a [String],
-    pub train: Matrix<'a>,
-    pub train_y: &'a [u8],
+    pub search: Stack<'a>,
+    pub search_y: &'a [u8],
     pub valid: Matrix<'a>,
     pub valid_y: &'a [u8],
+    pub fit: Stack<'a>,
+    pub fit_y: &'a [u8],
 }
 
 /// What training produced, for the registry and the model card.
@@ -172,6 +186,12 @@ pub struct Outcome {
     pub importance: Vec<Importance>,
     pub top_factors_by_bucket: Vec<BucketFactors>,
     pub timings: Vec<(String, f64)>,
+    /// The capacity search, when one ran.
+    pub search: Option<search::SearchRecord>,
+    /// The metrics were measured out of time (on a cutoff whose labels no training label
+    /// overlaps); `false` when the data was too short for that and a split by profile of the
+    /// newest cutoff stood in.
+    pub out_of_time: bool,
 }
 
 fn count(y: &[u8]) -> (usize, usize) {
@@ -179,127 +199,256 @@ fn count(y: &[u8]) -> (usize, usize) {
     (pos, y.len() - pos)
 }
 
-/// Trains, calibrates and evaluates. `progress(done, total)` reports boosting rounds.
+/// Trains, calibrates and evaluates. `progress(done, total)` reports search candidates or
+/// boosting rounds.
 pub fn train(
     data: &TrainData<'_>,
     s: &Settings,
     progress: gbdt::Progress<'_>,
 ) -> Result<Outcome, String> {
-    let (tp, tn) = count(data.train_y);
+    let (fp, fneg) = count(data.fit_y);
+    let (sp, sn) = count(data.search_y);
     let (vp, vn) = count(data.valid_y);
-    let (pos, neg) = (tp + vp, tn + vn);
     let mut timings = Vec::new();
     let t0 = std::time::Instant::now();
-    let short = if pos < s.min_positives.max(1) {
+    let short = if fp < s.min_positives.max(1) {
         Some(format!(
-            "only {pos} positive examples in the training cutoffs (min_positives = {})",
+            "only {fp} positive examples in the training cutoffs (min_positives = {})",
             s.min_positives
         ))
-    } else if neg < s.min_negatives.max(1) {
+    } else if fneg < s.min_negatives.max(1) {
         Some(format!(
-            "only {neg} negative examples in the training cutoffs (min_negatives = {})",
+            "only {fneg} negative examples in the training cutoffs (min_negatives = {})",
             s.min_negatives
-        ))
-    } else if data.train.rows == 0 || tp == 0 || tn == 0 {
-        Some(format!(
-            "the training cutoffs before the latest one hold {tp} positives and {tn} negatives: \
-             both classes are needed to train (add snapshots or history)"
         ))
     } else {
         None
     };
     if let Some(reason) = short {
-        // Rank with the fallback; the reference rows are every labelled row there is.
-        let mut all: Vec<f32> = data.train.values.to_vec();
-        all.extend_from_slice(data.valid.values);
-        let reference = Matrix::new(&all, data.train.width);
-        let fb = Fallback::fit(
-            data.names,
-            reference,
-            pos,
-            pos + neg,
-            s.churn,
-            s.lookback_days,
-        );
-        let params = serde_json::json!({
-            "terms": fb.terms.iter().map(|t| &t.name).collect::<Vec<_>>(),
-            "base_rate": fb.base_rate,
-        });
+        let fb = Fallback::fit(data.names, &data.fit, data.fit_y, s.churn, s.lookback_days);
+        let params = fb.params();
         let scorer = Scorer::new(Model::Fallback(fb), Calibrator::None);
-        let mut out = evaluate(data, s, scorer, None);
+        let mut out = evaluate(data, s, scorer, None, None);
         out.fallback_reason = Some(reason);
         out.params = params;
         out.calibration = CalibrationMethod::None;
+        out.out_of_time = true;
         out.timings
             .insert(0, ("fit_fallback".into(), t0.elapsed().as_secs_f64()));
         return Ok(out);
     }
+    // Out of time when the search cutoffs and the validation cutoff both hold both classes;
+    // otherwise (short history) the newest cutoffs stand in, split by profile.
+    let out_of_time = sp > 0 && sn > 0 && vp > 0 && vn > 0;
+    let split_storage;
+    let (search_x, search_y, valid, valid_y): (Stack<'_>, &[u8], Matrix<'_>, &[u8]) = if out_of_time
+    {
+        (data.search.clone(), data.search_y, data.valid, data.valid_y)
+    } else {
+        split_storage = split_by_row(&data.fit, data.fit_y, s.seed);
+        let st = &split_storage;
+        (
+            Stack::one(Matrix::new(&st.0, data.fit.width)),
+            &st.1[..],
+            Matrix::new(&st.2, data.fit.width),
+            &st.3[..],
+        )
+    };
+    let (vp, vn) = count(valid_y);
     let has_valid = vp > 0 && vn > 0;
-    let valid = has_valid.then_some((data.valid, data.valid_y));
-    let (model, params) = match s.algorithm {
+    let mut search_record = None;
+    // Trees boosted from the BG/NBD forecast when the catalogue has it with values.
+    let offset_feature = (s.algorithm == Algorithm::Gbdt)
+        .then(|| {
+            data.names
+                .iter()
+                .position(|n| n == crate::fallback::BTYD_FEATURE)
+        })
+        .flatten()
+        .filter(|&j| {
+            let present = search_x.column(j).filter(|v| !v.is_nan()).count();
+            present * 20 >= search_x.rows().max(1)
+        });
+    let method = match s.calibration {
+        CalibrationMethod::Auto if offset_feature.is_some() => CalibrationMethod::None,
+        CalibrationMethod::Auto => CalibrationMethod::Isotonic,
+        m => m,
+    };
+    // `eval`: trained on the search cutoffs, judged on the validation cutoff. `model`: the
+    // one that scores.
+    let (eval, model, params) = match s.algorithm {
         Algorithm::Gbdt => {
-            let mut p = s.gbdt.clone();
-            if tp < tn {
-                p.pos_weight = (tn as f64 / tp as f64).sqrt().clamp(1.0, 10.0);
+            let mut base = s.gbdt.clone();
+            let (tp, tn) = count(search_y);
+            // Weighting the rarer positives up helps the ranking a little and biases the
+            // probabilities, which a calibrator then restores; uncalibrated probabilities must
+            // come from the unweighted loss.
+            base.pos_weight = if tp > 0 && tp < tn && method != CalibrationMethod::None {
+                (tn as f64 / tp as f64).sqrt().clamp(1.0, 10.0)
+            } else {
+                1.0
+            };
+            let mut binned = gbdt::Binned::new(&search_x, base.max_bins, base.threads);
+            if let Some(j) = offset_feature {
+                let o = gbdt::Offset::fit(&search_x, search_y, j, s.churn);
+                binned = binned.with_offset(&search_x, o);
             }
-            let (g, log) = gbdt::train(data.train, data.train_y, valid, &p, progress);
+            timings.push(("binning".into(), binned.binning_seconds));
+            let t = std::time::Instant::now();
+            let (eval, chosen, log) = match (s.search_budget, has_valid) {
+                (Some(budget), true) => {
+                    let found = search::search(
+                        &binned, search_y, valid, valid_y, &s.fixed, &base, budget, s.seed,
+                        progress,
+                    );
+                    search_record = Some(found.record);
+                    (found.model, found.params, found.log)
+                }
+                _ => {
+                    let mut p = search::defaults(&s.fixed, &base);
+                    if !has_valid && s.fixed.num_trees.is_none() {
+                        // Nothing to stop early on: a conservative ensemble.
+                        p.num_trees = 300;
+                    }
+                    let v = has_valid.then_some((valid, valid_y));
+                    let (m, log) = gbdt::train_binned(&binned, search_y, v, &p, progress);
+                    let mut chosen = p;
+                    chosen.num_trees = log.trees;
+                    (m, chosen, log)
+                }
+            };
+            timings.push(("search".into(), t.elapsed().as_secs_f64()));
+            drop(binned);
+            let t = std::time::Instant::now();
+            let model = {
+                // The fit cutoffs with the chosen capacity and the trees early stopping kept.
+                let mut p = chosen.clone();
+                let (ftp, ftn) = count(data.fit_y);
+                p.pos_weight = if ftp > 0 && ftp < ftn && base.pos_weight > 1.0 {
+                    (ftn as f64 / ftp as f64).sqrt().clamp(1.0, 10.0)
+                } else {
+                    base.pos_weight
+                };
+                let mut fit = gbdt::Binned::new(&data.fit, base.max_bins, base.threads);
+                if let Some(j) = offset_feature {
+                    let o = gbdt::Offset::fit(&data.fit, data.fit_y, j, s.churn);
+                    fit = fit.with_offset(&data.fit, o);
+                }
+                gbdt::train_binned(&fit, data.fit_y, None, &p, &|_, _| {}).0
+            };
+            timings.push(("fit".into(), t.elapsed().as_secs_f64()));
             let params = serde_json::json!({
-                "num_trees": p.num_trees,
-                "trees_kept": log.trees,
+                "num_trees": chosen.num_trees,
                 "trees_grown": log.grown,
-                "learning_rate": p.learning_rate,
-                "max_depth": p.max_depth,
-                "num_leaves": p.num_leaves,
-                "min_data_in_leaf": p.min_data_in_leaf,
-                "early_stopping_rounds": p.early_stopping_rounds,
-                "lambda_l2": p.lambda_l2,
-                "max_bins": p.max_bins,
-                "pos_weight": p.pos_weight,
+                "learning_rate": chosen.learning_rate,
+                "max_depth": chosen.max_depth,
+                "num_leaves": chosen.num_leaves,
+                "min_data_in_leaf": chosen.min_data_in_leaf,
+                "early_stopping_rounds": chosen.early_stopping_rounds,
+                "lambda_l2": chosen.lambda_l2,
+                "max_bins": chosen.max_bins,
+                "pos_weight": chosen.pos_weight,
+                "boosted_from": offset_feature.map(|j| data.names[j].clone()),
             });
-            timings.push(("binning".into(), log.binning_seconds));
-            timings.push(("boosting".into(), log.boosting_seconds));
-            (Model::Gbdt(g), params)
+            (Model::Gbdt(eval), Model::Gbdt(model), params)
         }
-        Algorithm::Logistic => {
-            let m = Linear::fit_logistic(data.train, data.train_y, s.seed)?;
-            let params = serde_json::json!({"alpha": 1.0, "fitted_rows": m.fitted_rows,
+        Algorithm::Logistic | Algorithm::Svm => {
+            let svm = s.algorithm == Algorithm::Svm;
+            let cap = if svm {
+                crate::linear::SVM_SAMPLE
+            } else {
+                crate::linear::LOGISTIC_SAMPLE
+            };
+            let fit_one = |x: &Stack<'_>, y: &[u8]| -> Result<Linear, String> {
+                let rows = sample_indices(x.rows(), cap, s.seed);
+                let values = x.gather(&rows);
+                let ys: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
+                let m = Matrix::new(&values, x.width);
+                if svm {
+                    Linear::fit_svm(m, &ys, s.seed)
+                } else {
+                    Linear::fit_logistic(m, &ys, s.seed)
+                }
+            };
+            let t = std::time::Instant::now();
+            let eval = fit_one(&search_x, search_y)?;
+            let model = fit_one(&data.fit, data.fit_y)?;
+            let params = serde_json::json!({"alpha": 1.0, "fitted_rows": model.fitted_rows,
+                "kernel": if svm { "linear" } else { "none" },
                 "transform": "signed ln(1 + |x|), median imputation, standardised"});
-            timings.push(("fit_logistic".into(), t0.elapsed().as_secs_f64()));
-            (Model::Linear(m), params)
-        }
-        Algorithm::Svm => {
-            let m = Linear::fit_svm(data.train, data.train_y, s.seed)?;
-            let params = serde_json::json!({"kernel": "linear", "fitted_rows": m.fitted_rows,
-                "transform": "signed ln(1 + |x|), median imputation, standardised"});
-            timings.push(("fit_svm".into(), t0.elapsed().as_secs_f64()));
-            (Model::Linear(m), params)
+            timings.push((
+                if svm { "fit_svm" } else { "fit_logistic" }.into(),
+                t.elapsed().as_secs_f64(),
+            ));
+            (Model::Linear(eval), Model::Linear(model), params)
         }
     };
     let t1 = std::time::Instant::now();
-    let margins = margins(&model, data.valid);
+    let eval_margins = margins(&eval, valid);
+    // The calibration map of the judged model (its margins on the validation cutoff, which it
+    // never saw) is the scoring model's: it stands to the scoring time as the judged model
+    // stood to the validation cutoff.
     let calibrator = if has_valid {
-        fit_calibrator(s.calibration, &margins, data.valid_y)
+        fit_calibrator(method, &eval_margins, valid_y)
     } else {
         Calibrator::None
     };
-    let mut out = evaluate(data, s, Scorer::new(model, calibrator), Some(&margins));
-    out.params = params;
-    out.calibration = if has_valid {
-        s.calibration
-    } else {
-        CalibrationMethod::None
+    let scorer = Scorer::new(model, calibrator);
+    let valid_set = Validation {
+        x: valid,
+        y: valid_y,
+        margins: &eval_margins,
+        calibration: if has_valid {
+            method
+        } else {
+            CalibrationMethod::None
+        },
     };
+    let mut out = evaluate(data, s, scorer, Some(valid_set), None);
+    out.params = params;
+    out.calibration = valid_set.calibration;
+    out.search = search_record;
+    out.out_of_time = out_of_time;
     timings.push(("calibrate_evaluate".into(), t1.elapsed().as_secs_f64()));
     timings.append(&mut out.timings);
     out.timings = timings;
     Ok(out)
 }
 
+/// Rows of `x` split 80/20 by a hash of the row: the stand-in validation when the history is
+/// too short for an out-of-time one. Returns (train values, labels, validation values,
+/// labels).
+fn split_by_row(x: &Stack<'_>, y: &[u8], seed: u64) -> (Vec<f32>, Vec<u8>, Vec<f32>, Vec<u8>) {
+    let (mut tx, mut ty, mut vx, mut vy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, row) in x.iter_rows().enumerate() {
+        if crate::mix(seed ^ i as u64).is_multiple_of(5) {
+            vx.extend_from_slice(row);
+            vy.push(y[i]);
+        } else {
+            tx.extend_from_slice(row);
+            ty.push(y[i]);
+        }
+    }
+    (tx, ty, vx, vy)
+}
+
+/// The validation cutoff as the evaluation sees it: its rows, labels, the judged model's
+/// margins and how probabilities are calibrated for the metrics.
+#[derive(Debug, Clone, Copy)]
+struct Validation<'a> {
+    x: Matrix<'a>,
+    y: &'a [u8],
+    margins: &'a [f64],
+    calibration: CalibrationMethod,
+}
+
 fn fit_calibrator(method: CalibrationMethod, margins: &[f64], y: &[u8]) -> Calibrator {
     let raw: Vec<f64> = margins.iter().map(|m| sigmoid(*m)).collect();
     let labels: Vec<bool> = y.iter().map(|l| *l == 1).collect();
     match method {
-        CalibrationMethod::Isotonic => Calibrator::isotonic(&raw, &labels),
+        CalibrationMethod::Isotonic | CalibrationMethod::Auto => {
+            Calibrator::isotonic(&raw, &labels)
+        }
         CalibrationMethod::Platt => Calibrator::platt(&raw, &labels),
         CalibrationMethod::None => Calibrator::None,
     }
@@ -343,47 +492,71 @@ pub fn cross_fitted(method: CalibrationMethod, margins: &[f64], y: &[u8]) -> Vec
         .collect()
 }
 
-/// Metrics, importance and factors of a fitted scorer on the validation cutoff.
+/// Metrics with fewer positives (or negatives) than this are reported as too few to measure.
+pub const MIN_MEASURABLE: usize = 50;
+
+/// Metrics, importance and factors of a fitted scorer. The metrics are those of the judged
+/// model on the validation cutoff (`v.margins`, probabilities cross-fitted by `v.calibration`);
+/// the fallback, which has no separate judged model, is measured as it scores. Importance
+/// and factors come from the scorer itself.
 fn evaluate(
     data: &TrainData<'_>,
     s: &Settings,
     scorer: Scorer,
-    margins_known: Option<&[f64]>,
+    v: Option<Validation<'_>>,
+    _reserved: Option<()>,
 ) -> Outcome {
-    let valid = data.valid;
     let computed;
-    let m: &[f64] = match margins_known {
-        Some(m) => m,
+    let v = match v {
+        Some(v) => v,
         None => {
-            computed = margins(&scorer.model, valid);
-            &computed
+            computed = margins(&scorer.model, data.valid);
+            Validation {
+                x: data.valid,
+                y: data.valid_y,
+                margins: &computed,
+                calibration: CalibrationMethod::None,
+            }
         }
     };
-    let labels: Vec<bool> = data.valid_y.iter().map(|l| *l == 1).collect();
-    let (vp, vn) = count(data.valid_y);
+    let valid = v.x;
+    let labels: Vec<bool> = v.y.iter().map(|l| *l == 1).collect();
+    let (vp, vn) = count(v.y);
     let metrics = (vp > 0 && vn > 0).then(|| {
-        let probs = if scorer.model.is_fallback() {
-            m.iter().map(|x| scorer.probability(*x)).collect()
+        let probs: Vec<f64> = if scorer.model.is_fallback() {
+            v.margins.iter().map(|x| scorer.probability(*x)).collect()
         } else {
-            cross_fitted(calibration_of(&scorer.calibrator), m, data.valid_y)
+            cross_fitted(v.calibration, v.margins, v.y)
         };
         Metrics {
-            auc: metrics::auc(m, &labels),
-            pr_auc: metrics::average_precision(m, &labels),
+            auc: metrics::auc(v.margins, &labels),
+            pr_auc: metrics::average_precision(v.margins, &labels),
             log_loss: metrics::log_loss(&probs, &labels),
             brier: metrics::brier(&probs, &labels),
             expected_calibration_error: metrics::expected_calibration_error(&probs, &labels),
             base_rate: vp as f64 / labels.len() as f64,
             mean_probability: probs.iter().sum::<f64>() / probs.len().max(1) as f64,
             calibration_curve: metrics::calibration_curve(&probs, &labels, 10),
-            deciles: metrics::deciles(m, &labels),
+            deciles: metrics::deciles(v.margins, &labels),
+            lift_at_10: metrics::lift_at(v.margins, &labels, 0.10),
+            positives: vp,
+            negatives: vn,
+            measurable: vp >= MIN_MEASURABLE && vn >= MIN_MEASURABLE,
+            expected: Some(metrics::expected(v.margins, &probs)),
         }
     });
+    let m_owned;
+    let m: &[f64] = if scorer.model.is_fallback() {
+        v.margins
+    } else {
+        m_owned = margins(&scorer.model, valid);
+        &m_owned
+    };
     // Importance and factors on a sample of the validation rows.
     let t = std::time::Instant::now();
     let rows = sample_indices(valid.rows, 20_000, s.seed);
     let sample_margins: Vec<f64> = rows.iter().map(|&i| m[i]).collect();
-    let pct = percentiles(&sample_margins);
+    let pct = percentiles(&sample_margins, &[]);
     let width = valid.width;
     let parts = par_ranges(rows.len(), threads(), |r| {
         let mut scratch = Scratch::default();
@@ -453,14 +626,8 @@ fn evaluate(
         importance,
         top_factors_by_bucket,
         timings: vec![("explain_validation".into(), t.elapsed().as_secs_f64())],
-    }
-}
-
-fn calibration_of(c: &Calibrator) -> CalibrationMethod {
-    match c {
-        Calibrator::Isotonic { .. } => CalibrationMethod::Isotonic,
-        Calibrator::Platt { .. } => CalibrationMethod::Platt,
-        Calibrator::None => CalibrationMethod::None,
+        search: None,
+        out_of_time: false,
     }
 }
 
@@ -554,19 +721,24 @@ pub fn top_factors(contrib: &[f64], n: usize) -> Vec<Factor> {
         .collect()
 }
 
-/// Percentile 1–100 of each margin among all: `1 + ⌊100 · below / n⌋`, where `below` counts
-/// strictly smaller margins (ties share a percentile).
-pub fn percentiles(margins: &[f64]) -> Vec<u8> {
+/// Percentile 1–100 of each margin among all: `1 + ⌊100 · rank / n⌋`, where `rank` is the
+/// 0-based position in ascending order. Equal margins (profiles with the same features) are
+/// ordered by `keys` (a hash of the profile id, so a profile keeps its place from run to
+/// run), then by position: every percentile holds its share of profiles, and the buckets
+/// their intended shares, however many margins tie.
+pub fn percentiles(margins: &[f64], keys: &[u64]) -> Vec<u8> {
     let n = margins.len();
+    let key = |i: usize| keys.get(i).copied().unwrap_or(0);
     let mut idx: Vec<usize> = (0..n).collect();
-    idx.sort_by(|a, b| margins[*a].total_cmp(&margins[*b]).then(a.cmp(b)));
+    idx.sort_by(|&a, &b| {
+        margins[a]
+            .total_cmp(&margins[b])
+            .then(key(a).cmp(&key(b)))
+            .then(a.cmp(&b))
+    });
     let mut out = vec![0u8; n];
-    let mut below = 0usize;
     for (r, &i) in idx.iter().enumerate() {
-        if r > 0 && margins[idx[r - 1]].total_cmp(&margins[i]).is_ne() {
-            below = r;
-        }
-        out[i] = (1 + 100 * below / n).min(100) as u8;
+        out[i] = (1 + 100 * r / n).min(100) as u8;
     }
     out
 }
@@ -594,10 +766,13 @@ pub struct Scored {
     pub factors: Vec<Factor>,
 }
 
-/// Scores and explains every row. `progress(done, total)` is called as chunks finish.
+/// Scores and explains every row. `keys` break ties between equal margins (see
+/// [`percentiles`]; empty: by position). `progress(done, total)` is called as chunks finish.
+#[allow(clippy::too_many_arguments)]
 pub fn score(
     scorer: &Scorer,
     x: Matrix<'_>,
+    keys: &[u64],
     top_n: usize,
     high: u32,
     medium: u32,
@@ -637,7 +812,7 @@ pub fn score(
     .concat();
     progress(n, n);
     let m: Vec<f64> = parts.iter().map(|p| p.0).collect();
-    let pct = percentiles(&m);
+    let pct = percentiles(&m, keys);
     parts
         .into_iter()
         .zip(pct)
@@ -657,14 +832,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_1_to_100_and_ties_share() {
+    fn percentiles_are_1_to_100_and_ties_keep_the_shares() {
         let m: Vec<f64> = (0..1000).map(|i| (i / 2) as f64).collect();
-        let p = percentiles(&m);
+        let p = percentiles(&m, &[]);
         assert_eq!(p[0], 1);
-        assert_eq!(p[0], p[1]);
         assert_eq!(p[999], 100);
         assert!(p.iter().all(|v| (1..=100).contains(v)));
-        assert_eq!(percentiles(&[3.0]), vec![1]);
+        assert_eq!(percentiles(&[3.0], &[]), vec![1]);
+        // Two thirds of the margins tie (regression test for #16: 62–66 % of a purchase
+        // log's profiles shared one probability and the buckets came out 64/11/26).
+        let m: Vec<f64> = (0..3000)
+            .map(|i| if i < 2000 { 0.0 } else { i as f64 })
+            .collect();
+        let keys: Vec<u64> = (0..3000u64).map(crate::mix).collect();
+        let p = percentiles(&m, &keys);
+        let share = |b: &str| p.iter().filter(|&&v| bucket(v, 75, 25) == b).count() as f64 / 3000.0;
+        assert!((share("high") - 0.25).abs() <= 0.02, "{}", share("high"));
+        assert!(
+            (share("medium") - 0.50).abs() <= 0.02,
+            "{}",
+            share("medium")
+        );
+        assert!((share("low") - 0.25).abs() <= 0.02, "{}", share("low"));
+        // The tie is broken by the keys, not by position.
+        let rev: Vec<u64> = keys.iter().map(|k| !k).collect();
+        assert_ne!(percentiles(&m, &rev)[..2000], p[..2000]);
         assert_eq!(bucket(75, 75, 25), "high");
         assert_eq!(bucket(74, 75, 25), "medium");
         assert_eq!(bucket(24, 75, 25), "low");
@@ -688,6 +880,8 @@ mod tests {
                 learning_rate: 0.1,
                 ..GbdtParams::default()
             },
+            fixed: search::Fixed::default(),
+            search_budget: None,
             calibration: CalibrationMethod::Isotonic,
             seed: 1,
             min_positives: 50,
@@ -700,20 +894,25 @@ mod tests {
         }
     }
 
+    /// The training rows search and the validation rows validate; the scoring model fits
+    /// both (`fit` owns their concatenation, like the runtime's newest cutoffs).
     fn train_data<'a>(
         names: &'a [String],
         labels: &'a [String],
         (x, y): (&'a [f32], &'a [u8]),
         (vx, vy): (&'a [f32], &'a [u8]),
+        fit_y: &'a [u8],
         width: usize,
     ) -> TrainData<'a> {
         TrainData {
             names,
             labels,
-            train: Matrix::new(x, width),
-            train_y: y,
+            search: Stack::one(Matrix::new(x, width)),
+            search_y: y,
             valid: Matrix::new(vx, width),
             valid_y: vy,
+            fit: Stack::new(vec![Matrix::new(x, width), Matrix::new(vx, width)], width),
+            fit_y,
         }
     }
 
@@ -731,7 +930,8 @@ mod tests {
         let (x, y, w) = crate::gbdt::tests::synthetic(8000, 21);
         let (vx, vy, _) = crate::gbdt::tests::synthetic(4000, 22);
         let (names, labels) = names();
-        let data = train_data(&names, &labels, (&x, &y), (&vx, &vy), w);
+        let fit_y: Vec<u8> = y.iter().chain(&vy).copied().collect();
+        let data = train_data(&names, &labels, (&x, &y), (&vx, &vy), &fit_y, w);
         let mut aucs = Vec::new();
         for alg in [Algorithm::Gbdt, Algorithm::Logistic, Algorithm::Svm] {
             let out = train(&data, &settings(alg), &|_, _| {}).expect("train");
@@ -746,8 +946,13 @@ mod tests {
             assert!(out.fallback_reason.is_none());
             assert!(!out.importance.is_empty());
             assert_eq!(out.top_factors_by_bucket.len(), 3);
-            let scored = score(&out.scorer, Matrix::new(&vx, w), 3, 75, 25, &|_, _| {});
+            let scored = score(&out.scorer, Matrix::new(&vx, w), &[], 3, 75, 25, &|_, _| {});
             assert_eq!(scored.len(), 4000);
+            assert!(
+                scored
+                    .iter()
+                    .all(|r| r.probability > 0.0 && r.probability < 1.0)
+            );
             assert!(scored.iter().all(|r| r.factors.len() <= 3));
             let high = scored.iter().filter(|r| r.bucket == "high").count();
             assert!((900..=1100).contains(&high), "{high}");
@@ -780,7 +985,8 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let labels = names.clone();
-        let data = train_data(&names, &labels, (&x, &y), (&vx, &vy), w);
+        let fit_y: Vec<u8> = y.iter().chain(&vy).copied().collect();
+        let data = train_data(&names, &labels, (&x, &y), (&vx, &vy), &fit_y, w);
         let out = train(&data, &settings(Algorithm::Gbdt), &|_, _| {}).expect("train");
         assert!(out.scorer.model.is_fallback());
         let reason = out.fallback_reason.expect("reason");
@@ -788,7 +994,7 @@ mod tests {
             reason.contains("positive") && reason.contains("min_positives = 50"),
             "{reason}"
         );
-        let scored = score(&out.scorer, Matrix::new(&vx, w), 3, 75, 25, &|_, _| {});
+        let scored = score(&out.scorer, Matrix::new(&vx, w), &[], 3, 75, 25, &|_, _| {});
         let distinct: std::collections::BTreeSet<u8> =
             scored.iter().map(|s| s.percentile).collect();
         assert!(distinct.len() > 10, "the fallback still ranks");

@@ -236,7 +236,7 @@ impl Explainer {
     /// As [`Explainer::new`], with tables only for leaves of at most `bits` distinct path
     /// features (the others are computed per row).
     pub fn with_table_bits(model: &Gbdt, bits: usize) -> Self {
-        let mut expected = model.base;
+        let mut expected = model.base + model.offset.as_ref().map_or(0.0, |o| o.mean);
         let mut path = Vec::new();
         let trees = model
             .trees
@@ -277,6 +277,13 @@ impl Explainer {
         out: &mut [f64],
     ) -> f64 {
         debug_assert_eq!(out.len(), self.width * rows.len());
+        if let Some(o) = &model.offset {
+            // The offset depends on one feature only: all of it beyond its mean is that
+            // feature's contribution.
+            for (r, x) in rows.iter().enumerate() {
+                out[r * self.width + o.feature] += o.value(x) - o.mean;
+            }
+        }
         for (t, ts) in model.trees.iter().zip(&self.trees) {
             if ts.leaves.len() <= 1 {
                 continue;
@@ -508,6 +515,43 @@ mod tests {
             // The constant feature never contributes.
             assert_eq!(phi[4], 0.0);
         }
+    }
+
+    #[test]
+    fn an_offset_is_its_features_contribution_and_training_starts_from_it() {
+        let (mut x, y, w) = crate::gbdt::tests::synthetic(4000, 13);
+        // Feature 3 becomes a probability that knows part of the signal (feature 0).
+        for i in 0..4000 {
+            x[i * w + 3] = if i % 10 == 0 {
+                f32::NAN
+            } else {
+                (0.1 + 0.8 * x[i * w]).clamp(0.0, 1.0)
+            };
+        }
+        let st = crate::Stack::one(Matrix::new(&x, w));
+        let off = crate::gbdt::Offset::fit(&st, &y, 3, false);
+        assert!(off.missing > 0.0 && off.missing < 1.0);
+        let p = GbdtParams {
+            num_trees: 30,
+            ..GbdtParams::default()
+        };
+        let b = crate::gbdt::Binned::new(&st, p.max_bins, 0).with_offset(&st, off.clone());
+        let (model, _) = crate::gbdt::train_binned(&b, &y, None, &p, &|_, _| {});
+        assert_eq!(model.offset.as_ref(), Some(&off));
+        let ex = Explainer::new(&model);
+        let mut s = Scratch::default();
+        for i in (0..4000).step_by(101) {
+            let row = &x[i * w..(i + 1) * w];
+            let mut phi = vec![0.0; w];
+            let e = ex.explain(&model, row, &mut s, &mut phi);
+            let sum: f64 = phi.iter().sum::<f64>() + e;
+            assert!((sum - model.margin(row)).abs() < 1e-9, "local accuracy");
+        }
+        // The offset is in the margin: without it the margins differ by exactly its value.
+        let mut bare = model.clone();
+        bare.offset = None;
+        let row = &x[w..2 * w];
+        assert!((model.margin(row) - bare.margin(row) - off.value(row)).abs() < 1e-12);
     }
 
     #[test]

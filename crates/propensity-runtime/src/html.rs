@@ -171,6 +171,7 @@ fn header(out: &mut String, r: &RunReport) {
 
 fn summary_tiles(out: &mut String, r: &RunReport) {
     let metrics = r.card.metrics.as_ref();
+    let measurable = metrics.is_some_and(|m| m.measurable);
     let auc = metrics.and_then(|m| m.auc);
     let ece = metrics.map(|m| m.expected_calibration_error);
     let quality = &r.card.quality;
@@ -188,20 +189,49 @@ fn summary_tiles(out: &mut String, r: &RunReport) {
         "calibrated, over scored profiles",
         "",
     );
-    tile(
-        out,
-        "Validation AUC",
-        &fmt_opt(auc, 3),
-        &format!("gate: AUC ≥ {}", fmt_num(quality.min_auc, 2)),
-        "",
-    );
-    tile(
-        out,
-        "Calibration error",
-        &fmt_opt(ece, 3),
-        "expected calibration error (ECE)",
-        "",
-    );
+    match metrics {
+        Some(m) if !measurable => tile(
+            out,
+            "Validation AUC",
+            "too few positives to measure",
+            &format!(
+                "{} positives · {} negatives (at least {} of each needed)",
+                fmt_count(m.positives as u64),
+                fmt_count(m.negatives as u64),
+                propensity_model::pipeline::MIN_MEASURABLE
+            ),
+            "",
+        ),
+        _ => {
+            tile(
+                out,
+                "Validation AUC",
+                &fmt_opt(auc, 3),
+                &format!("gate: AUC ≥ {}", fmt_num(quality.min_auc, 2)),
+                "",
+            );
+            tile(
+                out,
+                "Calibration error",
+                &fmt_opt(ece, 3),
+                "expected calibration error (ECE)",
+                "",
+            );
+        }
+    }
+    if let Some(e) = r.expected.as_ref().filter(|_| measurable) {
+        tile(
+            out,
+            "Expected next window",
+            &format!("AUC {}", fmt_opt(e.auc, 3)),
+            &format!(
+                "lift at 10 % {} · base rate {}",
+                fmt_opt(e.lift_at_10, 2),
+                fmt_pct(e.base_rate, 1)
+            ),
+            "",
+        );
+    }
     tile(out, "Quality", &quality.grade, gate, tone);
     out.push_str("</section>\n");
 }
@@ -350,8 +380,10 @@ fn model_card_section(out: &mut String, card: &ModelCard) {
         Some(m) => metric_rows(out, m),
         None => kv(out, "Metrics", "No validation data"),
     }
+    expected_rows(out, card);
     kv_close(out);
     out.push_str("</div>\n</div>\n");
+    protocol_rows(out, card);
 
     out.push_str("<h3>Cutoffs</h3>\n");
     if card.cutoffs.is_empty() {
@@ -431,8 +463,27 @@ fn quality_rows(out: &mut String, card: &ModelCard) {
 }
 
 fn metric_rows(out: &mut String, m: &Metrics) {
+    let counts = format!(
+        "{} positives · {} negatives",
+        fmt_count(m.positives as u64),
+        fmt_count(m.negatives as u64)
+    );
+    if !m.measurable {
+        kv(
+            out,
+            "Metrics",
+            &format!(
+                "too few positives to measure ({counts}; at least {} of each are needed)",
+                propensity_model::pipeline::MIN_MEASURABLE
+            ),
+        );
+        kv(out, "Base rate", &fmt_pct(m.base_rate, 2));
+        return;
+    }
+    kv(out, "Measured on", &counts);
     kv(out, "AUC", &fmt_opt(m.auc, 3));
     kv(out, "PR-AUC", &fmt_opt(m.pr_auc, 3));
+    kv(out, "Lift at 10 %", &fmt_opt(m.lift_at_10, 2));
     kv(out, "Log loss", &fmt_num(m.log_loss, 4));
     kv(out, "Brier score", &fmt_num(m.brier, 4));
     kv(
@@ -442,6 +493,161 @@ fn metric_rows(out: &mut String, m: &Metrics) {
     );
     kv(out, "Base rate", &fmt_pct(m.base_rate, 2));
     kv(out, "Mean probability", &fmt_pct(m.mean_probability, 2));
+    if let Some(e) = &m.expected {
+        kv(
+            out,
+            "Self-assessed",
+            &format!(
+                "AUC {} · lift at 10 % {} · base rate {} (what its probabilities expected)",
+                fmt_opt(e.auc, 3),
+                fmt_opt(e.lift_at_10, 2),
+                fmt_pct(e.base_rate, 2)
+            ),
+        );
+    }
+}
+
+fn expected_rows(out: &mut String, card: &ModelCard) {
+    let Some(e) = &card.expected else {
+        return;
+    };
+    kv(
+        out,
+        "Next window (expected)",
+        &format!(
+            "AUC {} · PR-AUC {} · lift at 10 % {} over {} profiles",
+            fmt_opt(e.auc, 3),
+            fmt_opt(e.pr_auc, 3),
+            fmt_opt(e.lift_at_10, 2),
+            fmt_count(e.profiles as u64)
+        ),
+    );
+    let previous = card
+        .metrics
+        .as_ref()
+        .map(|m| format!(" (validation cutoff: {})", fmt_pct(m.base_rate, 2)))
+        .unwrap_or_default();
+    kv(
+        out,
+        "Base rate (expected)",
+        &format!("{}{previous}", fmt_pct(e.base_rate, 2)),
+    );
+}
+
+fn protocol_rows(out: &mut String, card: &ModelCard) {
+    if let Some(p) = &card.protocol {
+        out.push_str("<h3>Training protocol</h3>\n");
+        note(out, &p.description);
+        kv_open(out);
+        kv(out, "Protocol", &p.kind);
+        kv(out, "Validation cutoff", &p.validation_cutoff);
+        kv(out, "Search cutoffs", &p.search_cutoffs.join(", "));
+        kv(out, "Fit cutoffs", &p.fit_cutoffs.join(", "));
+        kv(out, "Embargo", &p.embargo);
+        kv(out, "Stride", &p.stride);
+        kv(out, "Search rows", &class_counts(p.search_rows));
+        kv_close(out);
+    }
+    if let Some(s) = &card.search {
+        out.push_str("<h3>Capacity search</h3>\n");
+        let fixed = if s.fixed.is_empty() {
+            String::new()
+        } else {
+            format!(" Fixed by the job: {}.", s.fixed.join(", "))
+        };
+        note(
+            out,
+            &format!(
+                "{} candidates in {:.1} s of a {:.0} s budget{}.{fixed}",
+                s.trials.len(),
+                s.seconds,
+                s.budget_seconds,
+                if s.stopped_by_budget {
+                    " (stopped by the budget)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        let rows: Vec<Vec<String>> = s
+            .trials
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                vec![
+                    format!("{}{}", t.rung, if i == s.chosen { " (chosen)" } else { "" }),
+                    t.num_leaves.to_string(),
+                    t.min_data_in_leaf.to_string(),
+                    trim_float(t.learning_rate, 3),
+                    fmt_count(t.rows as u64),
+                    t.trees.to_string(),
+                    fmt_opt(t.valid_auc, 4),
+                    fmt_num(t.valid_log_loss, 4),
+                    fmt_num(t.seconds, 1),
+                ]
+            })
+            .collect();
+        table(
+            out,
+            &[
+                ("Rung", false),
+                ("Leaves", true),
+                ("Min leaf", true),
+                ("Learning rate", true),
+                ("Rows", true),
+                ("Trees", true),
+                ("Validation AUC", true),
+                ("Log loss", true),
+                ("Seconds", true),
+            ],
+            &rows,
+        );
+    }
+    let fitted: Vec<Vec<String>> = card
+        .btyd
+        .iter()
+        .map(|b| match &b.fit {
+            Some(f) => vec![
+                b.cutoff.clone(),
+                if f.params.modified {
+                    "MBG/NBD"
+                } else {
+                    "BG/NBD"
+                }
+                .to_string(),
+                fmt_num(f.params.r, 3),
+                fmt_num(f.params.alpha, 3),
+                fmt_num(f.params.a, 3),
+                fmt_num(f.params.b, 3),
+                fmt_count(f.customers as u64),
+            ],
+            None => vec![
+                b.cutoff.clone(),
+                "too little to fit".into(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ],
+        })
+        .collect();
+    if !fitted.is_empty() {
+        out.push_str("<h3>Buy-till-you-die models</h3>\n");
+        table(
+            out,
+            &[
+                ("Cutoff", false),
+                ("Model", false),
+                ("r", true),
+                ("α", true),
+                ("a", true),
+                ("b", true),
+                ("Customers", true),
+            ],
+            &fitted,
+        );
+    }
 }
 
 fn rejected_section(out: &mut String, card: &ModelCard) {
@@ -1691,6 +1897,11 @@ mod tests {
                     },
                 ],
                 deciles,
+                lift_at_10: Some(2.5),
+                positives: 20,
+                negatives: 180,
+                measurable: true,
+                expected: None,
             }),
             importance: vec![
                 Importance {
@@ -1714,6 +1925,10 @@ mod tests {
                 reason: "AUC 0.812 is at least the gate 0.65.".to_string(),
             },
             timings: vec![("fit".to_string(), 1.5), ("calibrate".to_string(), 0.1)],
+            protocol: None,
+            search: None,
+            btyd: Vec::new(),
+            expected: None,
         };
         let mut rejected = card.clone();
         rejected.model_version = "v4".to_string();
@@ -1722,6 +1937,7 @@ mod tests {
         rejected.quality.reason = "AUC 0.61 is below the gate 0.65.".to_string();
 
         RunReport {
+            expected: None,
             job: "churn \"weekly\" & co".to_string(),
             description: Some("<script>alert('x')</script> customers likely to churn".to_string()),
             run_id: "20240501T000000Z".to_string(),
@@ -1930,6 +2146,57 @@ mod tests {
         let html = render(&r);
         assert!(html.contains("Low confidence"));
         assert!(html.contains("only 3 positives &lt;30"));
+    }
+
+    #[test]
+    fn too_few_positives_are_not_headlined_as_an_auc() {
+        let mut r = sample_report();
+        r.confidence = "low".to_string();
+        let m = r.card.metrics.as_mut().expect("metrics");
+        (m.auc, m.positives, m.negatives, m.measurable) = (Some(0.964), 5, 1_995, false);
+        let html = render(&r);
+        assert!(html.contains("too few positives to measure"), "{html}");
+        assert!(html.contains("5 positives · 1,995 negatives"), "{html}");
+        assert!(
+            !html.contains("0.964"),
+            "a meaningless AUC is shown: {html}"
+        );
+    }
+
+    #[test]
+    fn shows_the_protocol_and_the_expected_next_window() {
+        let mut r = sample_report();
+        r.card.protocol = Some(propensity_model::card::Protocol {
+            kind: "purged out-of-time".into(),
+            description: "no training label window overlaps the validation window".into(),
+            validation_cutoff: "2024-04-01T00:00:00Z".into(),
+            search_cutoffs: vec!["2024-03-02T00:00:00Z".into()],
+            fit_cutoffs: vec!["2024-04-01T00:00:00Z".into()],
+            embargo: "30d".into(),
+            stride: "10d".into(),
+            search_rows: ClassCounts {
+                rows: 100,
+                positives: 10,
+                negatives: 90,
+            },
+        });
+        r.card.expected = Some(propensity_model::metrics::Expected {
+            auc: Some(0.777),
+            pr_auc: Some(0.333),
+            lift_at_10: Some(3.21),
+            base_rate: 0.125,
+            profiles: 1_000,
+        });
+        let html = render(&r);
+        assert!(html.contains("Training protocol") && html.contains("purged out-of-time"));
+        assert!(
+            html.contains("AUC 0.777") && html.contains("lift at 10 % 3.21"),
+            "{html}"
+        );
+        assert!(
+            html.contains("12.50% (validation cutoff: 10.00%)"),
+            "{html}"
+        );
     }
 
     #[test]

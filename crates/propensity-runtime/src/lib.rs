@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use propensity_core::{Domain, Goal, Job};
 use propensity_engine::source::EnvLookup;
 use propensity_engine::{Engine, EngineError, EngineOptions, rfc3339};
-use propensity_model::Matrix;
 use propensity_model::calibrate::Calibrator;
 use propensity_model::card::{ClassCounts, CutoffSummary, ModelCard, Quality};
 use propensity_model::gbdt::GbdtParams;
 use propensity_model::pipeline::{self, Algorithm, CalibrationMethod, Scorer, Settings};
+use propensity_model::{Matrix, Stack};
 use sha2::{Digest, Sha256};
 
 pub mod erasure;
@@ -193,22 +193,25 @@ pub fn goal_text(job: &Job) -> String {
 
 fn settings(job: &Job) -> Settings {
     let g = &job.model.gbdt;
+    let us = |v: Option<u32>| v.map(|v| v as usize);
     Settings {
         algorithm: match job.model.algorithm {
             propensity_core::enums::Algorithm::Gbdt => Algorithm::Gbdt,
             propensity_core::enums::Algorithm::Logistic => Algorithm::Logistic,
             propensity_core::enums::Algorithm::Svm => Algorithm::Svm,
         },
-        gbdt: GbdtParams {
-            num_trees: g.num_trees as usize,
+        gbdt: GbdtParams::default(),
+        fixed: propensity_model::search::Fixed {
+            num_trees: us(g.num_trees),
             learning_rate: g.learning_rate,
-            max_depth: g.max_depth as usize,
-            num_leaves: g.num_leaves as usize,
-            min_data_in_leaf: g.min_data_in_leaf as usize,
-            early_stopping_rounds: g.early_stopping_rounds as usize,
-            ..GbdtParams::default()
+            max_depth: us(g.max_depth),
+            num_leaves: us(g.num_leaves),
+            min_data_in_leaf: us(g.min_data_in_leaf),
+            early_stopping_rounds: us(g.early_stopping_rounds),
         },
+        search_budget: job.model.search.budget.map(|b| b.as_duration()),
         calibration: match job.model.calibration {
+            propensity_core::enums::Calibration::Auto => CalibrationMethod::Auto,
             propensity_core::enums::Calibration::Isotonic => CalibrationMethod::Isotonic,
             propensity_core::enums::Calibration::Platt => CalibrationMethod::Platt,
             propensity_core::enums::Calibration::None => CalibrationMethod::None,
@@ -220,7 +223,7 @@ fn settings(job: &Job) -> Settings {
             &job.goal,
             Goal::Conditions(c) if c.outcome == propensity_core::enums::Outcome::WillNotOccur
         ),
-        lookback_days: job.features.lookback.as_duration().as_secs_f64() / 86_400.0,
+        lookback_days: (job.features.lookback.as_secs() as f64 / 86_400.0).min(3650.0),
         top_factors: job.output.top_factors as usize,
         high: job.output.high,
         medium: job.output.medium,
@@ -259,77 +262,126 @@ impl<'a> Stage<'a> {
     }
 }
 
-/// Training input assembled from the dataset: older cutoffs stacked, the newest validates.
-/// With a single training cutoff, its rows are split 80/20 by a hash of the row.
+/// The training cutoffs laid out by the purged protocol (see `CutoffPlan`): which snapshots
+/// search, which validates, which fit the scoring model, and their labels stacked.
 struct Split {
-    train_x: Vec<f32>,
-    train_y: Vec<u8>,
-    valid_x: Vec<f32>,
-    valid_y: Vec<u8>,
+    validation: usize,
+    search: Vec<usize>,
+    fit: Vec<usize>,
+    search_y: Vec<u8>,
+    fit_y: Vec<u8>,
     cutoffs: Vec<CutoffSummary>,
 }
 
-fn split(d: &propensity_engine::dataset::Dataset, seed: u64) -> Split {
-    let mut s = Split {
-        train_x: Vec::new(),
-        train_y: Vec::new(),
-        valid_x: Vec::new(),
-        valid_y: Vec::new(),
-        cutoffs: Vec::new(),
+fn split(d: &propensity_engine::dataset::Dataset, plan: &propensity_engine::CutoffPlan) -> Split {
+    let at = |c: i64| d.training.iter().position(|s| s.cutoff == c);
+    let validation = at(plan.validation()).unwrap_or(0);
+    let search: Vec<usize> = plan.search.iter().filter_map(|&c| at(c)).collect();
+    let fit: Vec<usize> = plan.fit.iter().filter_map(|&c| at(c)).collect();
+    let stack_y = |ks: &[usize]| -> Vec<u8> {
+        ks.iter()
+            .flat_map(|&k| d.training[k].labels.iter().copied())
+            .collect()
     };
-    let summary = |snap: &propensity_engine::dataset::Snapshot, role: &str| CutoffSummary {
-        cutoff: rfc3339(snap.cutoff),
-        role: role.into(),
-        rows: snap.rows.len(),
-        positives: snap.positives(),
-        negatives: snap.negatives(),
-    };
-    match d.training.as_slice() {
-        [] => {}
-        [only] => {
-            let w = only.width;
-            for i in 0..only.rows.len() {
-                let to_valid =
-                    propensity_model::mix(seed ^ u64::from(only.rows[i])).is_multiple_of(5);
-                let (x, y) = if to_valid {
-                    (&mut s.valid_x, &mut s.valid_y)
-                } else {
-                    (&mut s.train_x, &mut s.train_y)
-                };
-                x.extend_from_slice(&only.values[i * w..(i + 1) * w]);
-                y.push(only.labels[i]);
+    let cutoffs = d
+        .training
+        .iter()
+        .enumerate()
+        .map(|(k, snap)| {
+            let mut roles = Vec::new();
+            if fit.contains(&k) {
+                roles.push("fit");
             }
-            s.cutoffs
-                .push(summary(only, "train+validation (80/20 by profile)"));
-        }
-        [newest, older @ ..] => {
-            s.valid_x = newest.values.clone();
-            s.valid_y = newest.labels.clone();
-            s.cutoffs.push(summary(newest, "validation"));
-            for o in older {
-                s.train_x.extend_from_slice(&o.values);
-                s.train_y.extend_from_slice(&o.labels);
-                s.cutoffs.push(summary(o, "train"));
+            if k == validation {
+                roles.push("validation");
             }
-        }
+            if search.contains(&k) {
+                roles.push("search");
+            }
+            CutoffSummary {
+                cutoff: rfc3339(snap.cutoff),
+                role: roles.join("+"),
+                rows: snap.rows.len(),
+                positives: snap.positives(),
+                negatives: snap.negatives(),
+            }
+        })
+        .collect();
+    Split {
+        search_y: stack_y(&search),
+        fit_y: stack_y(&fit),
+        validation,
+        search,
+        fit,
+        cutoffs,
     }
-    s
 }
 
 fn train_data<'a>(
     sp: &'a Split,
+    d: &'a propensity_engine::dataset::Dataset,
     names: &'a [String],
     labels: &'a [String],
 ) -> pipeline::TrainData<'a> {
     let width = names.len();
+    let m = |k: usize| Matrix::new(&d.training[k].values, width);
+    let stack = |ks: &[usize]| Stack::new(ks.iter().map(|&k| m(k)).collect(), width);
+    let (valid, valid_y) = match d.training.get(sp.validation) {
+        Some(v) => (Matrix::new(&v.values, width), &v.labels[..]),
+        None => (Matrix::new(&[], width), &[][..]),
+    };
     pipeline::TrainData {
         names,
         labels,
-        train: Matrix::new(&sp.train_x, width),
-        train_y: &sp.train_y,
-        valid: Matrix::new(&sp.valid_x, width),
-        valid_y: &sp.valid_y,
+        search: stack(&sp.search),
+        search_y: &sp.search_y,
+        valid,
+        valid_y,
+        fit: stack(&sp.fit),
+        fit_y: &sp.fit_y,
     }
+}
+
+/// The protocol as the model card states it.
+fn protocol(
+    plan: &propensity_engine::CutoffPlan,
+    sp: &Split,
+    d: &propensity_engine::dataset::Dataset,
+    out_of_time: bool,
+) -> propensity_model::card::Protocol {
+    let span = |us: i64| propensity_core::Span::from_secs((us / 1_000_000).max(1) as u64);
+    let times = |ks: &[usize]| -> Vec<String> {
+        ks.iter().map(|&k| rfc3339(d.training[k].cutoff)).collect()
+    };
+    let window = span(plan.window);
+    propensity_model::card::Protocol {
+        kind: if out_of_time {
+            "purged out-of-time".into()
+        } else {
+            "split by profile (history too short for out-of-time)".into()
+        },
+        description: if out_of_time {
+            format!(
+                "capacity, trees and calibration are chosen on the validation cutoff by models trained on the search cutoffs, which end at least one outcome window ({window}) before it, so no training label window overlaps the validation labels; the scoring model trains on the fit cutoffs (the newest, the validation cutoff included) with the chosen settings and stands to the scoring time as the validated model stood to the validation cutoff; the metrics estimate what the scores achieve on the next {window}"
+            )
+        } else {
+            "the history holds no labelled cutoff an outcome window before the validation cutoff: the fit cutoffs are split 80/20 by row, so the metrics are in time and likely optimistic; load older events or use fewer snapshots".into()
+        },
+        validation_cutoff: rfc3339(plan.validation()),
+        search_cutoffs: times(&sp.search),
+        fit_cutoffs: times(&sp.fit),
+        embargo: window.to_string(),
+        stride: span(plan.stride).to_string(),
+        search_rows: counts(&sp.search_y),
+    }
+}
+
+/// A stable 64-bit key of a profile id (FNV-1a, mixed with the seed).
+fn id_key(id: &str, seed: u64) -> u64 {
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    propensity_model::mix(h ^ seed)
 }
 
 fn counts(y: &[u8]) -> ClassCounts {
@@ -498,15 +550,20 @@ pub fn run(
     let mut trained_split: Option<Split> = None;
     let training: TrainingOutcome;
     if due {
-        let total = settings.gbdt.num_trees as u64;
+        // Progress counts search candidates, or trees without a search.
+        let total = if settings.search_budget.is_some() {
+            None
+        } else {
+            Some(settings.fixed.num_trees.unwrap_or(settings.gbdt.num_trees) as u64)
+        };
         let stage = Stage::begin(
             progress,
             &mut timings,
             "train",
-            (settings.algorithm == Algorithm::Gbdt).then_some(total),
+            total.filter(|_| settings.algorithm == Algorithm::Gbdt),
         );
-        let sp = split(&dataset, settings.seed);
-        let data = train_data(&sp, &names, &labels);
+        let sp = split(&dataset, &loaded.plan);
+        let data = train_data(&sp, &dataset, &names, &labels);
         let out = pipeline::train(&data, &settings, &|done, _| progress.advance(done as u64))
             .map_err(|e| RunError::user(format!("training failed: {e}")))?;
         let fp = fingerprint(&dataset, &names);
@@ -554,15 +611,37 @@ pub fn run(
             ),
             window: job.goal.window().to_string(),
             cutoffs: sp.cutoffs.clone(),
-            train: counts(&sp.train_y),
-            validation: counts(&sp.valid_y),
+            train: counts(&sp.fit_y),
+            validation: counts(
+                dataset
+                    .training
+                    .get(sp.validation)
+                    .map_or(&[][..], |v| &v.labels[..]),
+            ),
+            protocol: Some(protocol(&loaded.plan, &sp, &dataset, out.out_of_time)),
+            search: out.search.clone(),
+            expected: {
+                let x = Matrix::new(&dataset.scoring.values, dataset.scoring.width);
+                let m = pipeline::margins(&out.scorer.model, x);
+                let p: Vec<f64> = m.iter().map(|v| out.scorer.probability(*v)).collect();
+                (!p.is_empty() && !out.scorer.model.is_fallback())
+                    .then(|| propensity_model::metrics::expected(&m, &p))
+            },
+            btyd: dataset
+                .btyd
+                .iter()
+                .map(|b| propensity_model::card::BtydSummary {
+                    cutoff: rfc3339(b.cutoff),
+                    fit: b.fit,
+                })
+                .collect(),
             features: names.clone(),
             seed: settings.seed,
             config_hash: training_hash.clone(),
             data_fingerprint: fp,
             params: out.params.clone(),
             calibration: match out.calibration {
-                CalibrationMethod::Isotonic => "isotonic",
+                CalibrationMethod::Auto | CalibrationMethod::Isotonic => "isotonic",
                 CalibrationMethod::Platt => "platt",
                 CalibrationMethod::None => "none",
             }
@@ -681,10 +760,10 @@ pub fn run(
             // The gate failed and there is no champion: rank with the fallback.
             let sp = trained_split
                 .take()
-                .unwrap_or_else(|| split(&dataset, settings.seed));
+                .unwrap_or_else(|| split(&dataset, &loaded.plan));
             let mut s = settings.clone();
             s.min_positives = usize::MAX;
-            let out = pipeline::train(&train_data(&sp, &names, &labels), &s, &|_, _| {})
+            let out = pipeline::train(&train_data(&sp, &dataset, &names, &labels), &s, &|_, _| {})
                 .map_err(RunError::internal)?;
             let mut card = rejected
                 .clone()
@@ -760,9 +839,16 @@ pub fn run(
         Matrix::new(&aligned, map.len())
     };
     let scorer = Scorer::new(stored.model.clone(), stored.calibrator.clone());
+    // Equal scores are ordered by a hash of the profile id (see `pipeline::percentiles`).
+    let keys: Vec<u64> = snap
+        .rows
+        .iter()
+        .map(|&p| id_key(&loaded.store.profile_ids[p as usize], settings.seed))
+        .collect();
     let scored = pipeline::score(
         &scorer,
         x,
+        &keys,
         settings.top_factors,
         settings.high,
         settings.medium,
@@ -975,6 +1061,12 @@ pub fn run(
         rejected_card: rejected,
         scored: n,
         mean_probability: scored.iter().map(|s| s.probability).sum::<f64>() / n.max(1) as f64,
+        expected: {
+            let m: Vec<f64> = scored.iter().map(|s| s.margin).collect();
+            let p: Vec<f64> = scored.iter().map(|s| s.probability).collect();
+            (n > 0 && !stored.model.is_fallback())
+                .then(|| propensity_model::metrics::expected(&m, &p))
+        },
         buckets,
         score_histogram: histogram,
         top_factors_by_bucket,

@@ -27,6 +27,10 @@ pub struct RunReport {
     pub scored: usize,
     /// Mean calibrated probability over the scored profiles.
     pub mean_probability: f64,
+    /// What these scores are expected to achieve on the coming window, from their calibrated
+    /// probabilities (AUC, PR-AUC, lift at 10 %; `base_rate` = `mean_probability`).
+    #[serde(default)]
+    pub expected: Option<propensity_model::metrics::Expected>,
     pub buckets: Vec<BucketSize>,
     /// Profiles per score band: `score_histogram[i]` counts scores in `[5i, 5i + 5)`, the last
     /// band also holds 100 (20 bands).
