@@ -3,6 +3,7 @@
 mod daemon;
 mod data;
 mod job_files;
+mod layers;
 mod model;
 mod plugins;
 mod sinks;

@@ -240,7 +240,7 @@ pub fn run(
     err: &mut dyn Write,
 ) -> Result<i32, CliError> {
     // Started by a daemon: stop when it is gone.
-    propensity_daemon::runner::watch_parent();
+    propensity_common::process::watch_parent();
     let (job, dir) = load_job(job_path, err)?;
     let mut opts = RunOptions::new(as_of.unwrap_or_else(Utc::now), train, state.to_path_buf());
     opts.job_file = Some(job_path.to_path_buf());
@@ -276,7 +276,7 @@ pub fn forget(
     format: OutputFormat,
     out: &mut dyn Write,
 ) -> Result<i32, CliError> {
-    let env: propensity_engine::EnvLookup = std::sync::Arc::new(|k| std::env::var(k).ok());
+    let env = propensity_common::process_env();
     let r =
         propensity_runtime::erasure::forget(state, jobs, profile_ids, &env).map_err(run_error)?;
     let w = match format {
@@ -332,7 +332,7 @@ pub fn replay(
     err: &mut dyn Write,
 ) -> Result<i32, CliError> {
     let (job, dir) = load_job(job_path, err)?;
-    let env: propensity_engine::EnvLookup = std::sync::Arc::new(|k| std::env::var(k).ok());
+    let env = propensity_common::process_env();
     let r = propensity_runtime::erasure::replay(&job, &dir, state, &env).map_err(run_error)?;
     let mut left = 0;
     for s in &r {

@@ -15,7 +15,7 @@ use crate::{CliError, OutputFormat, io_error, user};
 /// The plugin directories, as `run` searches them: `<state>/plugins` with the state
 /// directory given, else the one `run` defaults to (`PROPENSITY_STATE`, else `.propensity`).
 pub fn dirs(state: Option<&Path>) -> Vec<PathBuf> {
-    let env: propensity_engine::EnvLookup = std::sync::Arc::new(|k| std::env::var(k).ok());
+    let env = propensity_common::process_env();
     let state = state.map(Path::to_path_buf).unwrap_or_else(|| {
         std::env::var_os("PROPENSITY_STATE")
             .map(PathBuf::from)

@@ -16,6 +16,7 @@ pub mod expr;
 pub mod job;
 pub mod rule;
 pub mod secret;
+pub mod suggest;
 
 pub use duration::{Span, SpanError};
 pub use job::*;

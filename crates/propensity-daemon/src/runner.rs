@@ -23,7 +23,7 @@ use crate::ledger::{Outcome, RunKind};
 
 /// The environment variable that tells a `propensity run` it is a daemon's child, and
 /// which process to watch.
-pub const PARENT_ENV: &str = "PROPENSITY_DAEMON_PID";
+pub use propensity_common::process::PARENT_ENV;
 
 /// One attempt to start.
 #[derive(Debug, Clone)]
@@ -316,27 +316,6 @@ fn result(h: &mut ChildRun, status: ExitStatus) -> RunResult {
         report,
         log,
     }
-}
-
-/// In a `propensity run` started by a daemon: stops the process within a second of the
-/// daemon's end (a `kill -9` of the daemon leaves no orphan run). Does nothing when
-/// [`PARENT_ENV`] is not set.
-pub fn watch_parent() {
-    let Some(pid) = std::env::var(PARENT_ENV)
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-    else {
-        return;
-    };
-    std::thread::spawn(move || {
-        loop {
-            if std::os::unix::process::parent_id() != pid {
-                eprintln!("error: the daemon that started this run (pid {pid}) is gone; stopping");
-                std::process::exit(75);
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    });
 }
 
 #[cfg(test)]

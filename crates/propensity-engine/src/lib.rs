@@ -120,12 +120,7 @@ pub(crate) fn read_error(e: datafusion::error::DataFusionError, display: &str) -
     err
 }
 
-/// A time in microseconds since the epoch as RFC 3339 (UTC, seconds).
-pub fn rfc3339(us: i64) -> String {
-    DateTime::from_timestamp_micros(us)
-        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_else(|| us.to_string())
-}
+pub use propensity_common::rfc3339;
 
 /// How the engine runs: memory limit, spill directory, parallelism, the clock and the
 /// environment `${NAME}` references are resolved from.

@@ -143,7 +143,7 @@ impl FileSink {
         storage: &StorageOptions,
         ctx: &Context,
     ) -> Result<Self, String> {
-        let dir = propensity_engine::source::output_dir(location, storage, &ctx.job_dir, &ctx.env)?;
+        let dir = propensity_common::output_dir(location, storage, &ctx.job_dir, &ctx.env)?;
         Ok(Self {
             name: spec.name.clone(),
             include_holdout: spec.include_holdout,

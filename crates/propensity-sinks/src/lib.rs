@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use propensity_common::EnvLookup;
 use propensity_core::{Domain, Job, SinkKind, SinkSpec};
-use propensity_engine::EnvLookup;
 use serde::Serialize;
 
 pub mod files;

@@ -156,7 +156,7 @@ impl<'a> ScoreRows<'a> {
 
     /// RFC 3339, UTC.
     pub fn as_of(&self, i: usize) -> String {
-        propensity_engine::rfc3339(self.as_of.value(i))
+        propensity_common::rfc3339(self.as_of.value(i))
     }
 
     /// Row `i`'s factors as a JSON array of `{feature, label, value, contribution, direction,
