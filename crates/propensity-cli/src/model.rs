@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use propensity_core::Domain;
-use propensity_runtime::report::RunReport;
+use propensity_runtime::report::{PublicationStatus, RunReport};
 use propensity_runtime::{Progress, RunError, RunOptions};
 
 use crate::data::load_job;
@@ -211,9 +211,11 @@ pub fn write_summary(
         writeln!(out, "segments    {}", s.join(" · "))?;
     }
     for p in &r.publications {
-        match p.status.as_str() {
-            "failed" => writeln!(out, "FAILED      {} ({}): {}", p.sink, p.kind, p.message)?,
-            "unchanged" => writeln!(
+        match p.status {
+            PublicationStatus::Failed => {
+                writeln!(out, "FAILED      {} ({}): {}", p.sink, p.kind, p.message)?
+            }
+            PublicationStatus::Unchanged => writeln!(
                 out,
                 "unchanged   {} → {} (already current)",
                 p.sink, p.location
@@ -300,7 +302,7 @@ pub fn forget(
                     j.job, j.job_file, j.state_files_rewritten
                 )?;
                 for s in &j.sinks {
-                    if s.status == "failed" {
+                    if s.status == propensity_runtime::erasure::ErasureStatus::Failed {
                         writeln!(out, "  {:<16} {:<8} FAILED: {}", s.sink, s.kind, s.message)?;
                     } else {
                         writeln!(

@@ -17,7 +17,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use propensity_runtime::report::RunReport;
+use propensity_runtime::report::{RunReport, TrainingStatus};
 
 use crate::ledger::{Outcome, RunKind};
 
@@ -273,7 +273,7 @@ fn result(h: &mut ChildRun, status: ExitStatus) -> RunResult {
     let tail = error_tail(&h.err);
     let (outcome, retryable, message) = match (status.code(), status.signal()) {
         (Some(0), _) => match &report {
-            Some(r) if r.training.status == "fallback" => (
+            Some(r) if r.training.status == TrainingStatus::Fallback => (
                 Outcome::InsufficientData,
                 false,
                 Some(format!("too little data to train: {}", r.training.message)),

@@ -746,7 +746,7 @@ where
                     due.at,
                     attempt,
                     &p.sink,
-                    &p.status,
+                    p.status.as_str(),
                     Some(p.rows as u64),
                     Some(&p.location),
                 ) {

@@ -65,7 +65,11 @@ impl Metrics {
                 e.0 += t.seconds;
                 e.1 += 1;
             }
-            for p in rep.publications.iter().filter(|p| p.status == "failed") {
+            for p in rep
+                .publications
+                .iter()
+                .filter(|p| p.status == propensity_runtime::report::PublicationStatus::Failed)
+            {
                 *m.sink_failures
                     .entry((job.to_owned(), p.sink.clone()))
                     .or_default() += 1;

@@ -16,10 +16,19 @@ use crate::{RunError, suppression};
 pub struct SinkErasure {
     pub sink: String,
     pub kind: String,
-    /// `erased` or `failed`.
-    pub status: String,
+    pub status: ErasureStatus,
     pub removed: u64,
     pub message: String,
+}
+
+/// What one sink did with an erasure request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErasureStatus {
+    /// The sink removed the profiles it held (possibly none).
+    Erased,
+    /// The sink could not be reached or refused (see the message).
+    Failed,
 }
 
 /// What `forget` did for one job.
@@ -49,7 +58,7 @@ impl Erasure {
             || self
                 .jobs
                 .iter()
-                .any(|j| j.sinks.iter().any(|s| s.status == "failed"))
+                .any(|j| j.sinks.iter().any(|s| s.status == ErasureStatus::Failed))
     }
 }
 
@@ -189,14 +198,14 @@ pub fn forget(
                             Ok(n) => SinkErasure {
                                 sink: name,
                                 kind,
-                                status: "erased".into(),
+                                status: ErasureStatus::Erased,
                                 removed: n,
                                 message: String::new(),
                             },
                             Err(e) => SinkErasure {
                                 sink: name,
                                 kind,
-                                status: "failed".into(),
+                                status: ErasureStatus::Failed,
                                 removed: 0,
                                 message: e.message,
                             },

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use propensity_model::card::{BucketFactors, ClassCounts, Importance, Metrics, ModelCard};
 use propensity_model::metrics::{CalibrationBin, Decile};
 
-use crate::report::{BucketSize, RunReport};
+use crate::report::{BucketSize, RunReport, TrainingStatus};
 
 /// Printed wherever a number is missing or not finite.
 const NA: &str = "n/a";
@@ -132,14 +132,14 @@ fn header(out: &mut String, r: &RunReport) {
         let _ = writeln!(out, "<div><dt>{key}</dt><dd>{}</dd></div>", escape(value));
     }
     out.push_str("</dl>\n");
-    let badge = match r.training.status.as_str() {
-        "trained_promoted" | "not_due" => "badge",
+    let badge = match r.training.status {
+        TrainingStatus::TrainedPromoted | TrainingStatus::NotDue => "badge",
         _ => "badge warn",
     };
     let _ = writeln!(
         out,
         "<p class=\"training\">Training: <span class=\"{badge}\">{}</span> {}</p>",
-        escape(&r.training.status),
+        escape(r.training.status.as_str()),
         escape(&r.training.message)
     );
     out.push_str("</header>\n");
@@ -770,7 +770,7 @@ fn segments_section(out: &mut String, r: &RunReport) {
             .map(|p| {
                 vec![
                     format!("{} ({})", p.sink, p.kind),
-                    p.status.clone(),
+                    p.status.as_str().to_owned(),
                     fmt_count(p.rows as u64),
                     fmt_num(p.seconds, 2),
                     if p.message.is_empty() {
@@ -1796,7 +1796,9 @@ fn truncate(s: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::{escape, fmt_count, nice_max, pct_tick, render};
-    use crate::report::{BucketSize, DataSummary, Output, RunReport, StageTiming, TrainingOutcome};
+    use crate::report::{
+        BucketSize, DataSummary, Output, RunReport, StageTiming, TrainingOutcome, TrainingStatus,
+    };
     use propensity_model::card::{
         BucketFactors, ClassCounts, CutoffSummary, FactorSummary, Importance, Metrics, ModelCard,
         Quality,
@@ -1948,7 +1950,7 @@ mod tests {
             algorithm: "gbdt".to_string(),
             confidence: "normal".to_string(),
             training: TrainingOutcome {
-                status: "trained_rejected".to_string(),
+                status: TrainingStatus::TrainedRejected,
                 message: "A new model was trained but did not pass the gate.".to_string(),
             },
             card,
@@ -2025,7 +2027,7 @@ mod tests {
             publications: vec![crate::report::PublicationRecord {
                 sink: "crm".to_string(),
                 kind: "webhook".to_string(),
-                status: "failed".to_string(),
+                status: propensity_sinks::Status::Failed,
                 rows: 0,
                 location: String::new(),
                 message: "HTTP 500 <oops>".to_string(),

@@ -31,7 +31,7 @@ pub mod suppression;
 use registry::{LatestRun, Registry, StoredModel, write_atomic};
 use report::{
     BucketSize, DataSummary, Output, PublicationRecord, RunReport, SegmentSize, StageTiming,
-    TrainingOutcome,
+    TrainingOutcome, TrainingStatus,
 };
 
 /// Why a run failed: who must act (`domain`), what happened, and what to do.
@@ -688,7 +688,7 @@ pub fn run(
                     ),
                 );
                 training = TrainingOutcome {
-                    status: "fallback_kept_champion".into(),
+                    status: TrainingStatus::FallbackKeptChampion,
                     message: format!(
                         "too little data to retrain ({why}); champion {} scored",
                         c.version
@@ -702,7 +702,7 @@ pub fn run(
                     ),
                 );
                 training = TrainingOutcome {
-                    status: "fallback".into(),
+                    status: TrainingStatus::Fallback,
                     message: format!(
                         "too little data to train ({why}): the fallback ranking scored"
                     ),
@@ -714,7 +714,7 @@ pub fn run(
             if passed {
                 registry.promote(&version)?;
                 training = TrainingOutcome {
-                    status: "trained_promoted".into(),
+                    status: TrainingStatus::TrainedPromoted,
                     message: format!("{version} trained and promoted: {reason}"),
                 };
             } else {
@@ -730,7 +730,7 @@ pub fn run(
                     ),
                 );
                 training = TrainingOutcome {
-                    status: "trained_rejected".into(),
+                    status: TrainingStatus::TrainedRejected,
                     message: format!("{version} kept for inspection, not promoted: {reason}"),
                 };
                 rejected = Some(stored.card.clone());
@@ -746,7 +746,7 @@ pub fn run(
             .map(|c| c.version.clone())
             .unwrap_or_default();
         training = TrainingOutcome {
-            status: "not_due".into(),
+            status: TrainingStatus::NotDue,
             message: format!(
                 "champion {c} scored (trained on this configuration; --train retrains)"
             ),
@@ -961,8 +961,8 @@ pub fn run(
     let publications = rt.block_on(publish_all(job, &ctx, &publication, progress));
     let mut failed_sinks = Vec::new();
     for p in &publications {
-        match p.status.as_str() {
-            "failed" => {
+        match p.status {
+            propensity_sinks::Status::Failed => {
                 failed_sinks.push(format!("{}: {}", p.sink, p.message));
                 warn(
                     &mut warnings,
@@ -978,7 +978,10 @@ pub fn run(
     }
     stage.end(&format!(
         "{} of {} sinks published ({})",
-        publications.iter().filter(|p| p.status != "failed").count(),
+        publications
+            .iter()
+            .filter(|p| p.status != propensity_sinks::Status::Failed)
+            .count(),
         publications.len(),
         publication.id
     ));
@@ -1137,12 +1140,7 @@ pub async fn publish_all(
                 Ok(p) => PublicationRecord {
                     sink: name,
                     kind,
-                    status: match p.status {
-                        propensity_sinks::Status::Published => "published",
-                        propensity_sinks::Status::Unchanged => "unchanged",
-                        propensity_sinks::Status::Failed => "failed",
-                    }
-                    .into(),
+                    status: p.status,
                     rows: p.rows,
                     location: p.location,
                     message: p.detail.unwrap_or_default(),
@@ -1151,7 +1149,7 @@ pub async fn publish_all(
                 Err(e) => PublicationRecord {
                     sink: name,
                     kind,
-                    status: "failed".into(),
+                    status: propensity_sinks::Status::Failed,
                     rows: 0,
                     location: String::new(),
                     message: e.message,

@@ -4,6 +4,9 @@
 use propensity_model::card::{BucketFactors, ModelCard};
 use serde::{Deserialize, Serialize};
 
+/// What a sink did with a run's publication (`published`, `unchanged`, `failed`).
+pub use propensity_sinks::Status as PublicationStatus;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunReport {
     pub job: String,
@@ -55,11 +58,43 @@ pub struct RunReport {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainingOutcome {
-    /// `trained_promoted`, `trained_rejected`, `not_due` (the champion scored) or
-    /// `fallback` (too little data: the simple model scored).
-    pub status: String,
+    pub status: TrainingStatus,
     /// One sentence for people.
     pub message: String,
+}
+
+/// What became of training in a run (`report.json`'s `training.status`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainingStatus {
+    /// A model was trained, passed the quality gate and scored.
+    TrainedPromoted,
+    /// A model was trained and failed the quality gate: kept for inspection, not scoring.
+    TrainedRejected,
+    /// Training was not due: the champion scored.
+    NotDue,
+    /// Too little data to train and no champion: the fallback ranking scored.
+    Fallback,
+    /// Too little data to retrain: the champion kept scoring.
+    FallbackKeptChampion,
+}
+
+impl TrainingStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TrainedPromoted => "trained_promoted",
+            Self::TrainedRejected => "trained_rejected",
+            Self::NotDue => "not_due",
+            Self::Fallback => "fallback",
+            Self::FallbackKeptChampion => "fallback_kept_champion",
+        }
+    }
+}
+
+impl std::fmt::Display for TrainingStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,8 +139,7 @@ pub struct SegmentSize {
 pub struct PublicationRecord {
     pub sink: String,
     pub kind: String,
-    /// `published`, `unchanged` or `failed`.
-    pub status: String,
+    pub status: PublicationStatus,
     pub rows: usize,
     pub location: String,
     pub message: String,

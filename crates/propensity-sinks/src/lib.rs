@@ -142,7 +142,7 @@ pub fn publication_id(as_of_compact: &str, content: &[u8]) -> String {
 }
 
 /// What a sink did with a publication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// The publication is now current.
@@ -152,6 +152,22 @@ pub enum Status {
     /// Some or all of it could not be delivered (see the message); for webhooks the
     /// undelivered batches wait in the outbox for `propensity replay`.
     Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Published => "published",
+            Self::Unchanged => "unchanged",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The outcome of publishing to one sink.
