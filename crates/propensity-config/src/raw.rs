@@ -287,8 +287,9 @@ pub struct RawModel {
     /// Random seed; the same inputs and seed give the same scores (default 42).
     #[serde(default)]
     pub seed: Option<u64>,
-    /// `auto` (default: none for trees boosted from the buy-till-you-die forecast, isotonic
-    /// otherwise), `isotonic`, `platt` or `none`.
+    /// `auto` (default: for trees boosted from the buy-till-you-die forecast, their level
+    /// kept and their spread fitted on the validation cutoff; isotonic otherwise),
+    /// `isotonic`, `platt` or `none`.
     #[serde(default)]
     pub calibration: Option<Calibration>,
     /// A model below these figures is kept for inspection but not promoted.

@@ -1,6 +1,7 @@
 //! Probability calibration, fitted on the validation cutoff: isotonic regression (pool
-//! adjacent violators) or Platt scaling (a logistic curve on the logit of the raw score).
-//! Both keep the ranking (they are non-decreasing), so AUC is unchanged where scores are
+//! adjacent violators), Platt scaling (a logistic curve on the logit of the raw score), or
+//! Platt's slope alone with the scores' own mean kept ([`Calibrator::spread`]). All keep the
+//! ranking (they are non-decreasing), so AUC is unchanged where scores are
 //! distinct.
 //!
 //! The isotonic map is smoothed ([`Calibrator::Smooth`]): a step function would give every
@@ -250,6 +251,41 @@ impl Calibrator {
         Calibrator::Platt { a, b }
     }
 
+    /// The model's own level with the spread fitted on the validation cutoff: Platt's slope,
+    /// and the intercept that keeps the mean probability over these scores unchanged. For
+    /// scores whose level carries information the validation cutoff's base rate would erase
+    /// (trees boosted from a BTYD forecast, which ages the cohort to the scoring time), while
+    /// their log-odds may still be too timid or too bold.
+    pub fn spread(scores: &[f64], labels: &[bool]) -> Self {
+        let n = scores.len().min(labels.len());
+        if n == 0 {
+            return Calibrator::None;
+        }
+        let Calibrator::Platt { a, .. } = Self::platt(scores, labels) else {
+            return Calibrator::None;
+        };
+        if a >= 0.0 {
+            return Calibrator::None;
+        }
+        let f: Vec<f64> = scores[..n].iter().map(|&s| logit(s)).collect();
+        let target = scores[..n].iter().map(|s| s.clamp(0.0, 1.0)).sum::<f64>() / n as f64;
+        let mean = |b: f64| f.iter().map(|&fi| sigmoid(-(a * fi + b))).sum::<f64>() / n as f64;
+        // mean(b) falls as b grows: bisect.
+        let (mut lo, mut hi) = (-50.0f64, 50.0f64);
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            if mean(mid) > target {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        Calibrator::Platt {
+            a,
+            b: 0.5 * (lo + hi),
+        }
+    }
+
     /// The calibrated probability of a raw score.
     pub fn apply(&self, s: f64) -> f64 {
         match self {
@@ -328,6 +364,67 @@ mod tests {
             );
             assert!(brier(&p, &y) < brier(&s, &y));
         }
+    }
+
+    /// Scores with the right mean whose log-odds are `k` times too small (k > 1: timid).
+    fn mis_spread(n: usize, k: f64) -> (Vec<f64>, Vec<bool>) {
+        let mut state = 987654321u64;
+        let mut rnd = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let mut s = Vec::with_capacity(n);
+        let mut y = Vec::with_capacity(n);
+        for _ in 0..n {
+            let z = -2.0 + 3.0 * (rnd() - 0.5) * 2.0;
+            let truth = sigmoid(z);
+            s.push(sigmoid(z / k));
+            y.push(rnd() < truth);
+        }
+        (s, y)
+    }
+
+    #[test]
+    fn spread_fits_the_slope_and_keeps_the_mean() {
+        for k in [1.6, 0.6] {
+            let (s, y) = mis_spread(40_000, k);
+            let c = Calibrator::spread(&s, &y);
+            let Calibrator::Platt { a, .. } = c else {
+                panic!("{c:?}")
+            };
+            // The slope undoes the spread: -a ≈ k (p = sigmoid(-(a logit(s) + b))).
+            assert!((-a - k).abs() < 0.1 * k, "k {k}: a {a}");
+            let p: Vec<f64> = s.iter().map(|&v| c.apply(v)).collect();
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            assert!(
+                (mean(&p) - mean(&s)).abs() < 1e-6,
+                "{} vs {}",
+                mean(&p),
+                mean(&s)
+            );
+            // Timid scores get bolder, bold ones calmer, around the kept mean.
+            let spread = |v: &[f64]| {
+                let l: Vec<f64> = v.iter().map(|&x| logit(x)).collect();
+                let m = mean(&l);
+                (l.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / l.len() as f64).sqrt()
+            };
+            let ratio = spread(&p) / spread(&s);
+            assert!((ratio - k).abs() < 0.1 * k, "k {k}: spread ratio {ratio}");
+            // Strictly increasing: the ranking is the raw scores'.
+            let mut order: Vec<usize> = (0..s.len()).collect();
+            order.sort_by(|&i, &j| s[i].total_cmp(&s[j]));
+            assert!(
+                order
+                    .windows(2)
+                    .all(|w| s[w[0]] == s[w[1]] || p[w[0]] < p[w[1]])
+            );
+        }
+        // Scores that rank backwards get no map rather than a reversed one.
+        let (s, y) = mis_spread(5_000, 1.0);
+        let flipped: Vec<bool> = y.iter().map(|v| !v).collect();
+        assert_eq!(Calibrator::spread(&s, &flipped), Calibrator::None);
     }
 
     #[test]

@@ -33,10 +33,13 @@ pub enum Algorithm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CalibrationMethod {
-    /// None for trees boosted from the BG/NBD forecast, isotonic otherwise.
+    /// [`Self::Spread`] for trees boosted from the BG/NBD forecast, isotonic otherwise.
     Auto,
     Isotonic,
     Platt,
+    /// The model's level kept, its spread fitted on the validation cutoff
+    /// ([`Calibrator::spread`]).
+    Spread,
     None,
 }
 
@@ -270,7 +273,7 @@ pub fn train(
             present * 20 >= search_x.rows().max(1)
         });
     let method = match s.calibration {
-        CalibrationMethod::Auto if offset_feature.is_some() => CalibrationMethod::None,
+        CalibrationMethod::Auto if offset_feature.is_some() => CalibrationMethod::Spread,
         CalibrationMethod::Auto => CalibrationMethod::Isotonic,
         m => m,
     };
@@ -283,7 +286,10 @@ pub fn train(
             // Weighting the rarer positives up helps the ranking a little and biases the
             // probabilities, which a calibrator then restores; uncalibrated probabilities must
             // come from the unweighted loss.
-            base.pos_weight = if tp > 0 && tp < tn && method != CalibrationMethod::None {
+            base.pos_weight = if tp > 0
+                && tp < tn
+                && !matches!(method, CalibrationMethod::None | CalibrationMethod::Spread)
+            {
                 (tn as f64 / tp as f64).sqrt().clamp(1.0, 10.0)
             } else {
                 1.0
@@ -450,6 +456,7 @@ fn fit_calibrator(method: CalibrationMethod, margins: &[f64], y: &[u8]) -> Calib
             Calibrator::isotonic(&raw, &labels)
         }
         CalibrationMethod::Platt => Calibrator::platt(&raw, &labels),
+        CalibrationMethod::Spread => Calibrator::spread(&raw, &labels),
         CalibrationMethod::None => Calibrator::None,
     }
 }

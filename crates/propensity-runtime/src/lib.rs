@@ -643,6 +643,7 @@ pub fn run(
             calibration: match out.calibration {
                 CalibrationMethod::Auto | CalibrationMethod::Isotonic => "isotonic",
                 CalibrationMethod::Platt => "platt",
+                CalibrationMethod::Spread => "spread",
                 CalibrationMethod::None => "none",
             }
             .into(),
