@@ -11,20 +11,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use propensity_engine::generate::{EventFormat, GenerateOptions};
-use propensity_tests::repo_root;
 use serde_json::Value;
 
-use crate::support::temp_dir;
-
-fn exe() -> PathBuf {
-    let p = repo_root().join("target/debug/propensity");
-    assert!(
-        p.exists(),
-        "{} is missing: `make test` builds it (cargo build) before the tests",
-        p.display()
-    );
-    p
-}
+use crate::support::{exe, temp_dir};
 
 /// Sample data ending now (the daemon's as-of times are the wall clock): 800 profiles,
 /// 200 days, once per test process.

@@ -540,3 +540,70 @@ fn demo_generates_runs_and_points_at_its_report() {
             .exists()
     );
 }
+
+#[test]
+fn a_run_logs_its_stages_inside_a_run_span() {
+    let dir = temp_dir("model-tracing");
+    let job = job(&dir, "min_positives = 100000\nmin_negatives = 20");
+    // The real binary: what an operator sees with `RUST_LOG=info --log-format json`.
+    let out = std::process::Command::new(crate::support::exe())
+        .args([
+            "run",
+            job.to_str().unwrap_or_default(),
+            "--as-of",
+            AS_OF,
+            "--state",
+        ])
+        .arg(dir.join("state"))
+        .args(["--format", "json", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("propensity run");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}");
+    // The progress lines (`stage=… status=…`) are not JSON yet (#20).
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or("").to_owned();
+    let started = lines
+        .iter()
+        .find(|l| message(l) == "run started")
+        .expect(&text);
+    assert_eq!(started["span"]["name"], "run");
+    assert_eq!(started["span"]["job"], "model-test");
+    let run_id = started["span"]["run_id"]
+        .as_str()
+        .expect("run_id")
+        .to_owned();
+    // Every stage ends with one event in its own span, inside the run's.
+    let stages: Vec<String> = lines
+        .iter()
+        .filter(|l| message(l) == "stage done")
+        .map(|l| {
+            assert_eq!(l["spans"][0]["name"], "run", "{l}");
+            assert_eq!(l["spans"][0]["run_id"], run_id.as_str(), "{l}");
+            assert!(
+                l["fields"]["seconds"].as_f64().is_some_and(|s| s >= 0.0),
+                "{l}"
+            );
+            l["span"]["stage"].as_str().expect("stage").to_owned()
+        })
+        .collect();
+    for want in [
+        "load", "features", "train", "score", "segment", "write", "publish",
+    ] {
+        assert!(
+            stages.iter().any(|s| s == want),
+            "no `{want}` stage in {stages:?}"
+        );
+    }
+    let finished = lines
+        .iter()
+        .find(|l| message(l) == "run finished")
+        .expect(&text);
+    assert_eq!(finished["fields"]["training"], "fallback");
+    assert_eq!(finished["span"]["run_id"], run_id.as_str());
+}

@@ -299,3 +299,14 @@ pub async fn start_http(dir: &Path) -> String {
     });
     format!("http://{addr}")
 }
+
+/// The `propensity` binary `make test` builds (`--all-targets`) before the tests run.
+pub fn exe() -> PathBuf {
+    let p = propensity_tests::repo_root().join("target/debug/propensity");
+    assert!(
+        p.exists(),
+        "{} is missing: `make test` builds it (cargo build) before the tests",
+        p.display()
+    );
+    p
+}

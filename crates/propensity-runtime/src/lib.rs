@@ -230,11 +230,14 @@ fn settings(job: &Job) -> Settings {
     }
 }
 
+/// One stage of a run: its progress line, its timing in the report, and a `stage` tracing
+/// span (inside the run's `run` span) that its events belong to.
 struct Stage<'a> {
     progress: &'a dyn Progress,
     timings: &'a mut Vec<StageTiming>,
     name: &'static str,
     start: Instant,
+    _span: tracing::span::EnteredSpan,
 }
 
 impl<'a> Stage<'a> {
@@ -244,16 +247,20 @@ impl<'a> Stage<'a> {
         name: &'static str,
         total: Option<u64>,
     ) -> Self {
+        let span = tracing::info_span!("stage", stage = name).entered();
+        tracing::debug!("stage started");
         progress.begin(name, total);
         Stage {
             progress,
             timings,
             name,
             start: Instant::now(),
+            _span: span,
         }
     }
     fn end(self, summary: &str) {
         let s = self.start.elapsed().as_secs_f64();
+        tracing::info!(seconds = s, summary, "stage done");
         self.progress.end(self.name, s, summary);
         self.timings.push(StageTiming {
             stage: self.name.into(),
@@ -429,6 +436,8 @@ pub fn run(
         started.format("%Y%m%dT%H%M%S%.3fZ")
     )
     .replace('.', "");
+    let _run_span = tracing::info_span!("run", job = %job.name, run_id = %run_id).entered();
+    tracing::info!(as_of = %opts.as_of, force_train = opts.force_train, "run started");
     let config_hash = config_hash(job);
     let training_hash = training_hash(job);
     let settings = settings(job);
@@ -1109,6 +1118,13 @@ pub fn run(
                 .to_string()
         }),
     })?;
+    tracing::info!(
+        training = %report.training.status,
+        model_version = %report.model_version,
+        scored = report.scored,
+        failed_sinks = failed_sinks.len(),
+        "run finished"
+    );
     Ok(RunSummary {
         report,
         failed_sinks,
