@@ -5,14 +5,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::metrics::{CalibrationBin, Decile};
 
+/// How much to trust a model's scores: `low` when the fallback ranking scored.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Confidence {
+    Normal,
+    Low,
+}
+
+impl Confidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Normal => "normal",
+            Self::Low => "low",
+        }
+    }
+}
+
+impl std::fmt::Display for Confidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ModelCard {
     pub job: String,
     pub model_version: String,
     /// `gbdt`, `logistic`, `svm` or `fallback_rfm`.
     pub algorithm: String,
-    /// `normal`, or `low` for the fallback model.
-    pub confidence: String,
+    pub confidence: Confidence,
     /// Why the fallback model was used (too few positives, …).
     pub fallback_reason: Option<String>,
     /// RFC 3339; informational (not part of any score row).

@@ -5,7 +5,9 @@
 
 use std::fmt::Write as _;
 
-use propensity_model::card::{BucketFactors, ClassCounts, Importance, Metrics, ModelCard};
+use propensity_model::card::{
+    BucketFactors, ClassCounts, Confidence, Importance, Metrics, ModelCard,
+};
 use propensity_model::metrics::{CalibrationBin, Decile};
 
 use crate::report::{BucketSize, RunReport, TrainingStatus};
@@ -144,7 +146,7 @@ fn header(out: &mut String, r: &RunReport) {
     );
     out.push_str("</header>\n");
 
-    if r.confidence.eq_ignore_ascii_case("low") {
+    if r.confidence == Confidence::Low {
         let reason = r
             .card
             .fallback_reason
@@ -335,7 +337,7 @@ fn model_card_section(out: &mut String, card: &ModelCard) {
     kv(out, "Version", &card.model_version);
     kv(out, "Job", &card.job);
     kv(out, "Algorithm", &card.algorithm);
-    kv(out, "Confidence", &card.confidence);
+    kv(out, "Confidence", card.confidence.as_str());
     if let Some(reason) = &card.fallback_reason {
         kv(out, "Fallback reason", reason);
     }
@@ -1800,8 +1802,8 @@ mod tests {
         BucketSize, DataSummary, Output, RunReport, StageTiming, TrainingOutcome, TrainingStatus,
     };
     use propensity_model::card::{
-        BucketFactors, ClassCounts, CutoffSummary, FactorSummary, Importance, Metrics, ModelCard,
-        Quality,
+        BucketFactors, ClassCounts, Confidence, CutoffSummary, FactorSummary, Importance, Metrics,
+        ModelCard, Quality,
     };
     use propensity_model::metrics::{CalibrationBin, Decile};
 
@@ -1828,7 +1830,7 @@ mod tests {
             job: "churn".to_string(),
             model_version: "v3".to_string(),
             algorithm: "gbdt".to_string(),
-            confidence: "normal".to_string(),
+            confidence: Confidence::Normal,
             fallback_reason: None,
             trained_at: "2024-05-01T00:05:00Z".to_string(),
             as_of: "2024-05-01T00:00:00Z".to_string(),
@@ -1948,7 +1950,7 @@ mod tests {
             finished_at: "2024-05-01T00:06:00Z".to_string(),
             model_version: "v3".to_string(),
             algorithm: "gbdt".to_string(),
-            confidence: "normal".to_string(),
+            confidence: Confidence::Normal,
             training: TrainingOutcome {
                 status: TrainingStatus::TrainedRejected,
                 message: "A new model was trained but did not pass the gate.".to_string(),
@@ -2142,8 +2144,8 @@ mod tests {
     #[test]
     fn low_confidence_shows_banner_with_reason() {
         let mut r = sample_report();
-        r.confidence = "low".to_string();
-        r.card.confidence = "low".to_string();
+        r.confidence = Confidence::Low;
+        r.card.confidence = Confidence::Low;
         r.card.fallback_reason = Some("only 3 positives <30".to_string());
         let html = render(&r);
         assert!(html.contains("Low confidence"));
@@ -2153,7 +2155,7 @@ mod tests {
     #[test]
     fn too_few_positives_are_not_headlined_as_an_auc() {
         let mut r = sample_report();
-        r.confidence = "low".to_string();
+        r.confidence = Confidence::Low;
         let m = r.card.metrics.as_mut().expect("metrics");
         (m.auc, m.positives, m.negatives, m.measurable) = (Some(0.964), 5, 1_995, false);
         let html = render(&r);

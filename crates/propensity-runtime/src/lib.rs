@@ -14,7 +14,7 @@ use propensity_core::{Domain, Goal, Job};
 use propensity_engine::source::EnvLookup;
 use propensity_engine::{Engine, EngineError, EngineOptions, rfc3339};
 use propensity_model::calibrate::Calibrator;
-use propensity_model::card::{ClassCounts, CutoffSummary, ModelCard, Quality};
+use propensity_model::card::{ClassCounts, Confidence, CutoffSummary, ModelCard, Quality};
 use propensity_model::gbdt::GbdtParams;
 use propensity_model::pipeline::{self, Algorithm, CalibrationMethod, Scorer, Settings};
 use propensity_model::{Matrix, Stack};
@@ -606,7 +606,11 @@ pub fn run(
             job: job.name.clone(),
             model_version: version.clone(),
             algorithm: algorithm.clone(),
-            confidence: if fallback { "low" } else { "normal" }.into(),
+            confidence: if fallback {
+                Confidence::Low
+            } else {
+                Confidence::Normal
+            },
             fallback_reason: out.fallback_reason.clone(),
             trained_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             as_of: rfc3339(as_of_us),
@@ -779,7 +783,7 @@ pub fn run(
                 .clone()
                 .ok_or_else(|| RunError::internal("no model to score with"))?;
             card.algorithm = "fallback_rfm".into();
-            card.confidence = "low".into();
+            card.confidence = Confidence::Low;
             card.fallback_reason = Some("no model has passed the quality gate yet".into());
             card.model_version = format!("{}-fallback", card.model_version);
             card.metrics = out.metrics;
@@ -798,9 +802,9 @@ pub fn run(
         }
     };
     let confidence = if stored.model.is_fallback() {
-        "low"
+        Confidence::Low
     } else {
-        "normal"
+        Confidence::Normal
     };
 
     // Score and explain.
@@ -888,7 +892,7 @@ pub fn run(
             scored: &scored,
             features: &stored.features,
             model_version: &stored.version,
-            confidence,
+            confidence: confidence.as_str(),
         },
         settings.seed,
     )?;
@@ -927,7 +931,7 @@ pub fn run(
         as_of_us,
         model_version: &stored.version,
         config_hash: &config_hash,
-        confidence,
+        confidence: confidence.as_str(),
         names: &stored.features,
         labels: &stored.labels,
     };
@@ -1068,7 +1072,7 @@ pub fn run(
         finished_at: String::new(),
         model_version: stored.version.clone(),
         algorithm: stored.model.algorithm().into(),
-        confidence: confidence.into(),
+        confidence,
         training,
         card: stored.card.clone(),
         rejected_card: rejected,

@@ -19,8 +19,8 @@ pub struct RunReport {
     /// The model that scored this run.
     pub model_version: String,
     pub algorithm: String,
-    /// `normal`, or `low` when the fallback model scored.
-    pub confidence: String,
+    /// `low` when the fallback model scored.
+    pub confidence: propensity_model::card::Confidence,
     /// Whether this run trained a model, and what became of it.
     pub training: TrainingOutcome,
     /// Card of the model that scored.
