@@ -391,6 +391,34 @@ fn a_failing_quality_gate_leaves_the_previous_champion_scoring() {
 }
 
 #[test]
+fn a_failing_gate_without_a_champion_scores_with_the_fallback_its_card_names() {
+    let dir = temp_dir("model-gate-no-champion");
+    let strict = job(
+        &dir,
+        "min_positives = 20\nmin_negatives = 20\nquality_gate = { min_auc = 0.99 }",
+    );
+    let (_, report) = run(&strict, &dir.join("state"), &[]);
+    assert_eq!(report["training"]["status"], "trained_rejected", "{report}");
+    assert_eq!(report["confidence"], "low");
+    assert_eq!(report["card"]["confidence"], "low");
+    // The card names the ranking that scored (the BG/NBD one on this data), not a fixed one.
+    let algorithm = report["algorithm"].as_str().unwrap_or_default();
+    assert!(algorithm.starts_with("fallback_"), "{algorithm}");
+    assert_eq!(report["card"]["algorithm"], algorithm, "{}", report["card"]);
+    assert_eq!(report["card"]["calibration"], "none");
+    assert!(report["card"]["search"].is_null());
+    assert!(
+        report["card"]["params"].get("num_leaves").is_none(),
+        "{}",
+        report["card"]["params"]
+    );
+    assert_eq!(
+        report["card"]["fallback_reason"],
+        "no model has passed the quality gate yet"
+    );
+}
+
+#[test]
 fn logistic_and_svm_jobs_train_and_explain() {
     for algorithm in ["logistic", "svm"] {
         let dir = temp_dir(&format!("model-{algorithm}"));

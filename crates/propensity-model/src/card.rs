@@ -32,7 +32,7 @@ impl std::fmt::Display for Confidence {
 pub struct ModelCard {
     pub job: String,
     pub model_version: String,
-    /// `gbdt`, `logistic`, `svm` or `fallback_rfm`.
+    /// `gbdt`, `logistic`, `svm`, `fallback_btyd` or `fallback_rfm`.
     pub algorithm: String,
     pub confidence: Confidence,
     /// Why the fallback model was used (too few positives, …).

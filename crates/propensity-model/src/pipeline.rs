@@ -53,7 +53,7 @@ pub enum Model {
 }
 
 impl Model {
-    /// `gbdt`, `logistic`, `svm` or `fallback_rfm`.
+    /// `gbdt`, `logistic`, `svm`, `fallback_btyd` or `fallback_rfm`.
     pub fn algorithm(&self) -> &str {
         match self {
             Model::Gbdt(_) => "gbdt",

@@ -782,10 +782,15 @@ pub fn run(
             let mut card = rejected
                 .clone()
                 .ok_or_else(|| RunError::internal("no model to score with"))?;
-            card.algorithm = "fallback_rfm".into();
+            // `fallback_btyd` or `fallback_rfm`, whichever ranking the fallback fitted.
+            card.algorithm = out.scorer.model.algorithm().into();
             card.confidence = Confidence::Low;
             card.fallback_reason = Some("no model has passed the quality gate yet".into());
             card.model_version = format!("{}-fallback", card.model_version);
+            // What scores is the fallback: its parameters, no calibration, no search.
+            card.params = out.params;
+            card.calibration = "none".into();
+            card.search = None;
             card.metrics = out.metrics;
             card.importance = out.importance;
             card.top_factors_by_bucket = out.top_factors_by_bucket;
