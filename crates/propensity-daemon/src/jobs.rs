@@ -157,7 +157,6 @@ pub(crate) fn load(file: &Path, text: &str) -> Loaded {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const JOB: &str = r#"

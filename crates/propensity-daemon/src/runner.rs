@@ -320,7 +320,6 @@ fn result(h: &mut ChildRun, status: ExitStatus) -> RunResult {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 

@@ -1029,7 +1029,6 @@ impl Sink for PostgresSink {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use arrow::array::{

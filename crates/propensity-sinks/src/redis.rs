@@ -853,7 +853,6 @@ impl Sink for RedisSink {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::BTreeMap;
     use std::sync::Arc;

@@ -1036,7 +1036,6 @@ async fn remove_dir_all(path: &Path) -> Result<(), SinkError> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::{BTreeMap, VecDeque};
     use std::sync::Arc;

@@ -1,5 +1,4 @@
 //! Ledger tests. Each test uses its own temporary directory; instants are explicit.
-#![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Barrier};
 use std::thread;

@@ -1,5 +1,4 @@
 //! Scheduling tests. The "clock" is the explicit `after` instant passed to each call.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
 use std::time::Duration;

@@ -1,6 +1,5 @@
 //! The scheduler under a fake clock (explicit instants) with a fake launcher whose runs end
 //! when the test says, over a real ledger in a temporary directory.
-#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
