@@ -337,15 +337,20 @@ mod tests {
     use crate::metrics::{brier, expected_calibration_error};
     use proptest::prelude::*;
 
-    /// Scores that are systematically too high: true rate = score².
-    fn miscalibrated(n: usize) -> (Vec<f64>, Vec<bool>) {
-        let mut state = 12345u64;
-        let mut rnd = || {
+    /// Uniform draws in [0, 1) from a xorshift generator.
+    fn uniform(seed: u64) -> impl FnMut() -> f64 {
+        let mut state = seed;
+        move || {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        }
+    }
+
+    /// Scores that are systematically too high: true rate = score².
+    fn miscalibrated(n: usize) -> (Vec<f64>, Vec<bool>) {
+        let mut rnd = uniform(12345);
         let s: Vec<f64> = (0..n).map(|_| rnd()).collect();
         let y = s.iter().map(|&p| rnd() < p * p).collect();
         (s, y)
@@ -368,13 +373,7 @@ mod tests {
 
     /// Scores with the right mean whose log-odds are `k` times too small (k > 1: timid).
     fn mis_spread(n: usize, k: f64) -> (Vec<f64>, Vec<bool>) {
-        let mut state = 987654321u64;
-        let mut rnd = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rnd = uniform(987_654_321);
         let mut s = Vec::with_capacity(n);
         let mut y = Vec::with_capacity(n);
         for _ in 0..n {
