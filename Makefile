@@ -3,7 +3,7 @@ CARGO ?= cargo
 
 .DEFAULT_GOAL := help
 
-.PHONY: help demo build plugins test lint fmt schema golden bench bench-models bench-candidates bench-sinks bench-quality
+.PHONY: help demo build plugins test lint fmt schema golden deps bench bench-models bench-candidates bench-sinks bench-quality
 
 help: ## List the targets
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -26,6 +26,9 @@ test: plugins ## Run the whole test suite (builds the plugins first: the plugin 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+deps: ## Unused dependencies (needs `cargo install cargo-machete`; deliberate ones are listed under [package.metadata.cargo-machete])
+	cargo machete
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
