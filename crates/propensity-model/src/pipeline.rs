@@ -202,6 +202,12 @@ fn count(y: &[u8]) -> (usize, usize) {
     (pos, y.len() - pos)
 }
 
+/// `sqrt(negatives / positives)` in 1–10 when the positives are the rarer class.
+fn positive_weight(y: &[u8]) -> Option<f64> {
+    let (pos, neg) = count(y);
+    (pos > 0 && pos < neg).then(|| (neg as f64 / pos as f64).sqrt().clamp(1.0, 10.0))
+}
+
 /// Trains, calibrates and evaluates. `progress(done, total)` reports search candidates or
 /// boosting rounds.
 pub fn train(
@@ -231,7 +237,7 @@ pub fn train(
         let fb = Fallback::fit(data.names, &data.fit, data.fit_y, s.churn, s.lookback_days);
         let params = fb.params();
         let scorer = Scorer::new(Model::Fallback(fb), Calibrator::None);
-        let mut out = evaluate(data, s, scorer, None, None);
+        let mut out = evaluate(data, s, scorer, None);
         out.fallback_reason = Some(reason);
         out.params = params;
         out.calibration = CalibrationMethod::None;
@@ -282,18 +288,15 @@ pub fn train(
     let (eval, model, params) = match s.algorithm {
         Algorithm::Gbdt => {
             let mut base = s.gbdt.clone();
-            let (tp, tn) = count(search_y);
             // Weighting the rarer positives up helps the ranking a little and biases the
-            // probabilities, which a calibrator then restores; uncalibrated probabilities must
-            // come from the unweighted loss.
-            base.pos_weight = if tp > 0
-                && tp < tn
-                && !matches!(method, CalibrationMethod::None | CalibrationMethod::Spread)
-            {
-                (tn as f64 / tp as f64).sqrt().clamp(1.0, 10.0)
-            } else {
-                1.0
-            };
+            // probabilities, which a calibrator then restores; uncalibrated probabilities (and
+            // the level `Spread` keeps) must come from the unweighted loss.
+            base.pos_weight =
+                if matches!(method, CalibrationMethod::None | CalibrationMethod::Spread) {
+                    1.0
+                } else {
+                    positive_weight(search_y).unwrap_or(1.0)
+                };
             let mut binned = gbdt::Binned::new(&search_x, base.max_bins, base.threads);
             if let Some(j) = offset_feature {
                 let o = gbdt::Offset::fit(&search_x, search_y, j, s.churn);
@@ -329,9 +332,8 @@ pub fn train(
             let model = {
                 // The fit cutoffs with the chosen capacity and the trees early stopping kept.
                 let mut p = chosen.clone();
-                let (ftp, ftn) = count(data.fit_y);
-                p.pos_weight = if ftp > 0 && ftp < ftn && base.pos_weight > 1.0 {
-                    (ftn as f64 / ftp as f64).sqrt().clamp(1.0, 10.0)
+                p.pos_weight = if base.pos_weight > 1.0 {
+                    positive_weight(data.fit_y).unwrap_or(base.pos_weight)
                 } else {
                     base.pos_weight
                 };
@@ -410,7 +412,7 @@ pub fn train(
             CalibrationMethod::None
         },
     };
-    let mut out = evaluate(data, s, scorer, Some(valid_set), None);
+    let mut out = evaluate(data, s, scorer, Some(valid_set));
     out.params = params;
     out.calibration = valid_set.calibration;
     out.search = search_record;
@@ -511,7 +513,6 @@ fn evaluate(
     s: &Settings,
     scorer: Scorer,
     v: Option<Validation<'_>>,
-    _reserved: Option<()>,
 ) -> Outcome {
     let computed;
     let v = match v {
