@@ -635,3 +635,56 @@ fn a_run_logs_its_stages_inside_a_run_span() {
     assert_eq!(finished["fields"]["training"], "fallback");
     assert_eq!(finished["span"]["run_id"], run_id.as_str());
 }
+
+/// The demo job on the demo data, both pinned in time, writes the same score table byte for
+/// byte as the build that wrote `tests/data/demo-scores.golden`: a refactor must not change a
+/// score, a reason or a segment membership (`make golden` after a deliberate model change).
+#[test]
+fn the_demo_job_writes_the_golden_scores_byte_for_byte() {
+    use sha2::{Digest, Sha256};
+    let dir = temp_dir("model-demo-golden");
+    let c = cli(&[
+        "generate",
+        "--out",
+        dir.to_str().unwrap_or_default(),
+        "--profiles",
+        "1500",
+        "--days",
+        "450",
+        "--seed",
+        "42",
+        "--end",
+        AS_OF,
+    ]);
+    assert_eq!(c.code, 0, "{}\n{}", c.out, c.err);
+    let root = propensity_tests::repo_root();
+    let text = std::fs::read_to_string(root.join("jobs/conversion-purchase-30d.toml"))
+        .unwrap_or_else(|e| panic!("demo job: {e}"))
+        .replace("../data/demo/", "./");
+    let job = dir.join("conversion-purchase-30d.toml");
+    std::fs::write(&job, text).unwrap_or_else(|e| panic!("write job: {e}"));
+    let state = dir.join("state");
+    let (_, report) = run(&job, &state, &["--train"]);
+    let path = output(&report, "scores");
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let batches = read(&path);
+    let ids = strings(&batches, "profile_id");
+    let buckets = strings(&batches, "bucket");
+    let mut summary = format!(
+        "sha256 {}\nrows {}\nmodel_version {}\ntraining {}\n",
+        Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+        ids.len(),
+        report["model_version"].as_str().unwrap_or_default(),
+        report["training"]["status"].as_str().unwrap_or_default(),
+    );
+    for (id, b) in ids.iter().zip(&buckets).take(5) {
+        summary.push_str(&format!("{id} {b}\n"));
+    }
+    if let Err(e) = propensity_tests::golden(&root.join("tests/data/demo-scores.golden"), &summary)
+    {
+        panic!("{e}");
+    }
+}
