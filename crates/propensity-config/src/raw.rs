@@ -176,7 +176,7 @@ pub enum RawGoal {
 #[serde(deny_unknown_fields)]
 pub struct RawConditionsGoal {
     /// `will_occur` (conversion) or `will_not_occur` (churn).
-    pub outcome: Outcome,
+    pub outcome: GoalOutcome,
     /// Outcome window after the as-of time, e.g. `30d`.
     pub window: String,
     /// `any` (default): an event meeting any condition counts; `all`: it must meet all.

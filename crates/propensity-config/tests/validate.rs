@@ -24,7 +24,7 @@ fn the_spec_example_loads_with_its_values() {
     };
     assert_eq!(
         (g.outcome, g.window.as_secs(), g.min_count),
-        (Outcome::WillNotOccur, 30 * 86_400, 1)
+        (GoalOutcome::WillNotOccur, 30 * 86_400, 1)
     );
     assert_eq!(job.model.min_positives, 500);
     assert_eq!(

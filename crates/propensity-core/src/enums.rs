@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 macro_rules! choice {
     ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$m])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+        $(#[$m])*
         pub enum $name { $($(#[$vm])* #[serde(rename = $text)] $variant),+ }
 
         impl $name {
@@ -43,7 +43,8 @@ choice! {
 
 choice! {
     /// Whether the goal predicts that the condition happens (conversion) or does not (churn).
-    Outcome {
+    #[schemars(rename = "Outcome")]
+    GoalOutcome {
         /// Conversion: the profile meets the conditions within the window.
         WillOccur = "will_occur",
         /// Churn: the profile does not meet the conditions within the window.

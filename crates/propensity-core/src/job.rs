@@ -167,7 +167,7 @@ impl Goal {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConditionsGoal {
-    pub outcome: Outcome,
+    pub outcome: GoalOutcome,
     pub window: Span,
     pub r#match: Match,
     /// Events meeting the conditions needed within the window for the goal to occur.

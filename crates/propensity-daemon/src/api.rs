@@ -31,7 +31,7 @@ use propensity_core::{Goal, Job};
 use serde_json::{Value, json};
 
 use crate::jobs::JobEntry;
-use crate::ledger::{Ledger, Outcome, RunKind};
+use crate::ledger::{Ledger, RunKind, RunOutcome};
 use crate::shared::{Counts, Shared};
 
 /// The API's state: what the scheduler shares, a ledger connection of its own and the
@@ -480,7 +480,7 @@ async fn metrics(State(api): St) -> Result<Response, ApiError> {
         .unwrap_or_default();
     for job in &names {
         for kind in [RunKind::Score, RunKind::Train] {
-            for outcome in Outcome::ALL {
+            for outcome in RunOutcome::ALL {
                 if !counts
                     .iter()
                     .any(|(j, k, oc, _)| j == job && *k == kind && *oc == outcome)

@@ -11,7 +11,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 use crate::api::{Api, router};
 use crate::jobs::{JobDir, JobSet};
-use crate::ledger::{Ledger, OccurrenceRecord, Outcome, RunKind};
+use crate::ledger::{Ledger, OccurrenceRecord, RunKind, RunOutcome};
 use crate::runner::ChildLauncher;
 use crate::schedule::occurrences;
 use crate::scheduler::{Scheduler, SchedulerConfig};
@@ -425,7 +425,7 @@ pub fn backfill(opts: &BackfillOptions) -> Result<BackfillReport, DaemonError> {
         let (status, message) = match occ {
             Some(o) => (
                 o.final_outcome
-                    .map_or("pending".to_owned(), |x: Outcome| x.as_str().to_owned()),
+                    .map_or("pending".to_owned(), |x: RunOutcome| x.as_str().to_owned()),
                 o.attempts.last().and_then(|a| a.message.clone()),
             ),
             None => ("pending".to_owned(), None),

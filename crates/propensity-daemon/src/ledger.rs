@@ -180,7 +180,7 @@ pub enum LedgerError {
         /// The occurrence's scheduled instant (RFC 3339).
         scheduled_at: String,
         /// The outcome already recorded.
-        outcome: Outcome,
+        outcome: RunOutcome,
     },
     /// The attempt already has an outcome.
     #[error(
@@ -218,7 +218,7 @@ pub enum LedgerError {
         /// The ledger file.
         path: PathBuf,
         /// The outcome given.
-        outcome: Outcome,
+        outcome: RunOutcome,
     },
     /// A value in the file could not be read back (a corrupt or hand-edited ledger).
     #[error("run ledger {path}: bad stored value {value:?} for {what}")]
@@ -263,7 +263,7 @@ impl serde::Serialize for RunKind {
     }
 }
 
-impl serde::Serialize for Outcome {
+impl serde::Serialize for RunOutcome {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())
     }
@@ -282,7 +282,7 @@ impl FromStr for RunKind {
 
 /// How an attempt or an occurrence ended. Stored as snake_case text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Outcome {
+pub enum RunOutcome {
     /// The run completed and published.
     Succeeded,
     /// The run failed (it may be retried: see [`Ledger::finish`]'s `final_`).
@@ -301,44 +301,47 @@ pub enum Outcome {
     TimedOut,
 }
 
-impl Outcome {
+impl RunOutcome {
     /// Every outcome, in declaration order.
-    pub const ALL: [Outcome; 8] = [
-        Outcome::Succeeded,
-        Outcome::Failed,
-        Outcome::Crashed,
-        Outcome::SkippedOverlap,
-        Outcome::SkippedMissed,
-        Outcome::InsufficientData,
-        Outcome::Cancelled,
-        Outcome::TimedOut,
+    pub const ALL: [RunOutcome; 8] = [
+        RunOutcome::Succeeded,
+        RunOutcome::Failed,
+        RunOutcome::Crashed,
+        RunOutcome::SkippedOverlap,
+        RunOutcome::SkippedMissed,
+        RunOutcome::InsufficientData,
+        RunOutcome::Cancelled,
+        RunOutcome::TimedOut,
     ];
 
     /// The stored snake_case text, e.g. `skipped_overlap`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::Failed => "failed",
-            Outcome::Crashed => "crashed",
-            Outcome::SkippedOverlap => "skipped_overlap",
-            Outcome::SkippedMissed => "skipped_missed",
-            Outcome::InsufficientData => "insufficient_data",
-            Outcome::Cancelled => "cancelled",
-            Outcome::TimedOut => "timed_out",
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::Failed => "failed",
+            RunOutcome::Crashed => "crashed",
+            RunOutcome::SkippedOverlap => "skipped_overlap",
+            RunOutcome::SkippedMissed => "skipped_missed",
+            RunOutcome::InsufficientData => "insufficient_data",
+            RunOutcome::Cancelled => "cancelled",
+            RunOutcome::TimedOut => "timed_out",
         }
     }
 }
 
-impl fmt::Display for Outcome {
+impl fmt::Display for RunOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for Outcome {
+impl FromStr for RunOutcome {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
-        Outcome::ALL.into_iter().find(|o| o.as_str() == s).ok_or(())
+        RunOutcome::ALL
+            .into_iter()
+            .find(|o| o.as_str() == s)
+            .ok_or(())
     }
 }
 
@@ -354,7 +357,7 @@ pub struct AttemptRecord {
     /// When it finished, if it has.
     pub finished_at: Option<DateTime<Utc>>,
     /// How it ended, if it has.
-    pub outcome: Option<Outcome>,
+    pub outcome: Option<RunOutcome>,
     /// The message recorded with the outcome (an error, say).
     pub message: Option<String>,
     /// The run id the attempt's child process reported (its directory in the registry).
@@ -386,7 +389,7 @@ pub struct OccurrenceRecord {
     /// The instant it fell due.
     pub scheduled_at: DateTime<Utc>,
     /// Its final outcome, once it has one.
-    pub final_outcome: Option<Outcome>,
+    pub final_outcome: Option<RunOutcome>,
     /// Why it fell due: `schedule`, `catchup`, `manual` (the API) or `backfill`.
     pub origin: String,
     /// Its attempts, oldest first.
@@ -412,10 +415,10 @@ enum Fail {
         current: Option<u64>,
         held: bool,
     },
-    AlreadyFinal(Outcome),
+    AlreadyFinal(RunOutcome),
     AttemptFinished(i64),
     NotFound(String),
-    NotASkip(Outcome),
+    NotASkip(RunOutcome),
     BadValue(&'static str, String),
 }
 
@@ -491,7 +494,7 @@ fn parse_ts(what: &'static str, s: String) -> Result<DateTime<Utc>, Fail> {
     }
 }
 
-fn parse_outcome(what: &'static str, s: Option<String>) -> Result<Option<Outcome>, Fail> {
+fn parse_outcome(what: &'static str, s: Option<String>) -> Result<Option<RunOutcome>, Fail> {
     match s {
         None => Ok(None),
         Some(s) => s.parse().map(Some).map_err(|()| Fail::BadValue(what, s)),
@@ -582,7 +585,7 @@ fn find_occurrence(
     job: &str,
     kind: RunKind,
     at: &str,
-) -> Result<Option<(i64, Option<Outcome>)>, Fail> {
+) -> Result<Option<(i64, Option<RunOutcome>)>, Fail> {
     let row = tx
         .query_row(
             "SELECT id, final_outcome FROM occurrences WHERE job = ?1 AND kind = ?2 AND scheduled_at = ?3",
@@ -600,7 +603,7 @@ fn ensure_occurrence(
     job: &str,
     kind: RunKind,
     at: &str,
-) -> Result<(i64, Option<Outcome>, bool), Fail> {
+) -> Result<(i64, Option<RunOutcome>, bool), Fail> {
     let inserted = tx.execute(
         "INSERT OR IGNORE INTO occurrences (job, kind, scheduled_at) VALUES (?1, ?2, ?3)",
         params![job, kind.as_str(), at],
@@ -727,11 +730,14 @@ impl Ledger {
         job: &str,
         kind: RunKind,
         scheduled: &[DateTime<Utc>],
-        outcome: Outcome,
+        outcome: RunOutcome,
         origin: &str,
         fencing_token: u64,
     ) -> Result<usize, LedgerError> {
-        if !matches!(outcome, Outcome::SkippedOverlap | Outcome::SkippedMissed) {
+        if !matches!(
+            outcome,
+            RunOutcome::SkippedOverlap | RunOutcome::SkippedMissed
+        ) {
             return Err(Fail::NotASkip(outcome).at(&self.path, None));
         }
         self.write(None, |tx| {
@@ -832,7 +838,7 @@ impl Ledger {
         scheduled_at: DateTime<Utc>,
         attempt_no: i64,
         fencing_token: u64,
-        outcome: Outcome,
+        outcome: RunOutcome,
         message: Option<&str>,
         final_: bool,
         now: DateTime<Utc>,
@@ -875,7 +881,7 @@ impl Ledger {
     }
 
     /// Records an occurrence that was not run: `outcome` must be
-    /// [`Outcome::SkippedOverlap`] or [`Outcome::SkippedMissed`], and it becomes the
+    /// [`RunOutcome::SkippedOverlap`] or [`RunOutcome::SkippedMissed`], and it becomes the
     /// occurrence's final outcome directly, with no attempt (the occurrence is recorded
     /// if it is not yet in the ledger). Fails with [`LedgerError::Fenced`] unless
     /// `fencing_token` is the lease's current token, and [`LedgerError::AlreadyFinal`]
@@ -885,10 +891,13 @@ impl Ledger {
         job: &str,
         kind: RunKind,
         scheduled_at: DateTime<Utc>,
-        outcome: Outcome,
+        outcome: RunOutcome,
         fencing_token: u64,
     ) -> Result<(), LedgerError> {
-        if !matches!(outcome, Outcome::SkippedOverlap | Outcome::SkippedMissed) {
+        if !matches!(
+            outcome,
+            RunOutcome::SkippedOverlap | RunOutcome::SkippedMissed
+        ) {
             return Err(Fail::NotASkip(outcome).at(&self.path, None));
         }
         let at = ts(scheduled_at);
@@ -1104,7 +1113,7 @@ impl Ledger {
     /// Final outcomes counted per job, kind and outcome (for `/metrics`).
     pub fn outcome_counts_by_job(
         &self,
-    ) -> Result<Vec<(String, RunKind, Outcome, u64)>, LedgerError> {
+    ) -> Result<Vec<(String, RunKind, RunOutcome, u64)>, LedgerError> {
         self.read(|tx| {
             let mut stmt = tx.prepare(
                 "SELECT job, kind, final_outcome, COUNT(*) FROM occurrences

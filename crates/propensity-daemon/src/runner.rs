@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, SecondsFormat, Utc};
 use propensity_runtime::report::{RunReport, TrainingStatus};
 
-use crate::ledger::{Outcome, RunKind};
+use crate::ledger::{RunKind, RunOutcome};
 
 /// The environment variable that tells a `propensity run` it is a daemon's child, and
 /// which process to watch.
@@ -51,7 +51,7 @@ pub enum Stop {
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub struct RunResult {
-    pub outcome: Outcome,
+    pub outcome: RunOutcome,
     /// Whether another attempt may help (a store or sink failure, a crash).
     pub retryable: bool,
     pub message: Option<String>,
@@ -88,7 +88,7 @@ pub struct ChildRun {
     out: PathBuf,
     err: PathBuf,
     /// Set when the daemon killed it, with the outcome and message to record.
-    killed: Option<(Outcome, String)>,
+    killed: Option<(RunOutcome, String)>,
 }
 
 fn compact(t: DateTime<Utc>) -> String {
@@ -159,7 +159,7 @@ impl Launcher for ChildLauncher {
             Ok(None) => {}
             Err(e) => {
                 return Some(RunResult {
-                    outcome: Outcome::Crashed,
+                    outcome: RunOutcome::Crashed,
                     retryable: true,
                     message: Some(format!("cannot wait for the run's process: {e}")),
                     report: None,
@@ -175,7 +175,7 @@ impl Launcher for ChildLauncher {
         {
             let _ = h.child.kill();
             h.killed = Some((
-                Outcome::TimedOut,
+                RunOutcome::TimedOut,
                 "the run took longer than the job's `schedule.timeout` and was stopped".into(),
             ));
             return None;
@@ -186,7 +186,7 @@ impl Launcher for ChildLauncher {
         {
             let _ = h.child.kill();
             h.killed = Some((
-                Outcome::Crashed,
+                RunOutcome::Crashed,
                 format!(
                     "the run used {} MiB of memory, over the job's `schedule.max_memory` ({} MiB), and was stopped",
                     rss >> 20,
@@ -201,7 +201,7 @@ impl Launcher for ChildLauncher {
         if h.killed.is_none() {
             let _ = h.child.kill();
             h.killed = Some((
-                Outcome::Cancelled,
+                RunOutcome::Cancelled,
                 match why {
                     Stop::Cancel => "cancelled: a newer occurrence replaced it (`overlap = \"cancel_previous\"`) or the job was removed".into(),
                     Stop::Shutdown => "cancelled: the daemon was stopping; the occurrence runs again when the daemon starts".into(),
@@ -274,18 +274,18 @@ fn result(h: &mut ChildRun, status: ExitStatus) -> RunResult {
     let (outcome, retryable, message) = match (status.code(), status.signal()) {
         (Some(0), _) => match &report {
             Some(r) if r.training.status == TrainingStatus::Fallback => (
-                Outcome::InsufficientData,
+                RunOutcome::InsufficientData,
                 false,
                 Some(format!("too little data to train: {}", r.training.message)),
             ),
-            _ => (Outcome::Succeeded, false, None),
+            _ => (RunOutcome::Succeeded, false, None),
         },
         // A bad job or bad data: another attempt gives the same answer.
-        (Some(2), _) => (Outcome::Failed, false, tail),
+        (Some(2), _) => (RunOutcome::Failed, false, tail),
         // A store or sink failed: worth another attempt.
-        (Some(3), _) => (Outcome::Failed, true, tail),
+        (Some(3), _) => (RunOutcome::Failed, true, tail),
         (Some(101), _) => (
-            Outcome::Crashed,
+            RunOutcome::Crashed,
             true,
             Some(format!(
                 "the run panicked (exit status 101): {}",
@@ -294,12 +294,12 @@ fn result(h: &mut ChildRun, status: ExitStatus) -> RunResult {
         ),
         // Another status (70: a bug) gives the same answer again.
         (Some(c), _) => (
-            Outcome::Failed,
+            RunOutcome::Failed,
             false,
             Some(format!("exit status {c}: {}", tail.unwrap_or_default())),
         ),
         (None, Some(sig)) => (
-            Outcome::Crashed,
+            RunOutcome::Crashed,
             true,
             Some(format!(
                 "the run's process was killed by {} ({sig}){}",
@@ -307,7 +307,7 @@ fn result(h: &mut ChildRun, status: ExitStatus) -> RunResult {
                 tail.map(|t| format!(": {t}")).unwrap_or_default()
             )),
         ),
-        (None, None) => (Outcome::Crashed, true, tail),
+        (None, None) => (RunOutcome::Crashed, true, tail),
     };
     RunResult {
         outcome,
@@ -368,7 +368,7 @@ mod tests {
             .start(&request(dir.path(), Some(Duration::from_millis(500)), None))
             .unwrap();
         let r = wait(&mut l, &mut h);
-        assert_eq!(r.outcome, Outcome::TimedOut, "{r:?}");
+        assert_eq!(r.outcome, RunOutcome::TimedOut, "{r:?}");
         assert!(!r.retryable);
         assert!(start.elapsed() < Duration::from_secs(10));
     }
@@ -380,7 +380,7 @@ mod tests {
         let mut l = launcher(dir.path(), "exec tail /dev/zero");
         let mut h = l.start(&request(dir.path(), None, Some(64 << 20))).unwrap();
         let r = wait(&mut l, &mut h);
-        assert_eq!(r.outcome, Outcome::Crashed, "{r:?}");
+        assert_eq!(r.outcome, RunOutcome::Crashed, "{r:?}");
         let m = r.message.unwrap_or_default();
         assert!(m.contains("max_memory") && m.contains("64 MiB"), "{m}");
         assert!(!r.retryable);
@@ -390,20 +390,20 @@ mod tests {
     fn exit_statuses_and_signals_map_to_outcomes() {
         let dir = tempfile::tempdir().unwrap();
         let cases = [
-            ("exit 0", Outcome::Succeeded, false),
+            ("exit 0", RunOutcome::Succeeded, false),
             (
                 "echo 'error: a bad job' >&2; exit 2",
-                Outcome::Failed,
+                RunOutcome::Failed,
                 false,
             ),
             (
                 "echo 'error: the sink is down' >&2; exit 3",
-                Outcome::Failed,
+                RunOutcome::Failed,
                 true,
             ),
-            ("exit 70", Outcome::Failed, false),
-            ("exit 101", Outcome::Crashed, true),
-            ("kill -SEGV $$", Outcome::Crashed, true),
+            ("exit 70", RunOutcome::Failed, false),
+            ("exit 101", RunOutcome::Crashed, true),
+            ("kill -SEGV $$", RunOutcome::Crashed, true),
         ];
         for (body, outcome, retryable) in cases {
             let mut l = launcher(dir.path(), body);
@@ -436,6 +436,6 @@ mod tests {
         let mut h = l.start(&request(dir.path(), None, None)).unwrap();
         l.stop(&mut h, Stop::Shutdown);
         let r = wait(&mut l, &mut h);
-        assert_eq!(r.outcome, Outcome::Cancelled, "{r:?}");
+        assert_eq!(r.outcome, RunOutcome::Cancelled, "{r:?}");
     }
 }

@@ -25,7 +25,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 use propensity_core::ScheduleSpec;
 
 use crate::jobs::{JobEntry, JobSet};
-use crate::ledger::{Ledger, LedgerError, Outcome, RunKind};
+use crate::ledger::{Ledger, LedgerError, RunKind, RunOutcome};
 use crate::runner::{Launcher, RunRequest, RunResult, Stop};
 use crate::schedule::{OverlapAction, next_fire, occurrences, on_due, plan_catchup, retry_delay};
 use crate::shared::{RunningView, Shared};
@@ -429,7 +429,7 @@ where
                 occ.scheduled_at,
                 a.attempt_no,
                 tok,
-                Outcome::Crashed,
+                RunOutcome::Crashed,
                 Some(&msg),
                 false,
                 now,
@@ -487,7 +487,7 @@ where
                         name,
                         kind,
                         &old,
-                        Outcome::SkippedMissed,
+                        RunOutcome::SkippedMissed,
                         "catchup",
                         tok,
                     ) {
@@ -509,7 +509,7 @@ where
                 name,
                 kind,
                 &plan.skipped_missed,
-                Outcome::SkippedMissed,
+                RunOutcome::SkippedMissed,
                 "catchup",
                 tok,
             ) {
@@ -633,7 +633,7 @@ where
                     tracing::info!(job = %name, kind = %kind, at = %at, "skipped: the previous run of the job is still going (overlap = {:?})", sched.overlap);
                     if let Err(e) =
                         self.ledger
-                            .record_skip(name, kind, at, Outcome::SkippedOverlap, tok)
+                            .record_skip(name, kind, at, RunOutcome::SkippedOverlap, tok)
                     {
                         return self.fenced(&e);
                     }
@@ -682,7 +682,7 @@ where
                     due.at,
                     no,
                     tok,
-                    Outcome::Cancelled,
+                    RunOutcome::Cancelled,
                     Some(
                         "not run: a newer occurrence replaced it (`overlap = \"cancel_previous\"`)",
                     ),
@@ -765,7 +765,10 @@ where
         ) {
             return self.fenced(&e);
         }
-        let level_ok = matches!(r.outcome, Outcome::Succeeded | Outcome::InsufficientData);
+        let level_ok = matches!(
+            r.outcome,
+            RunOutcome::Succeeded | RunOutcome::InsufficientData
+        );
         if level_ok {
             tracing::info!(job = %name, kind = %due.kind, at = %due.at, attempt, outcome = %r.outcome, "run ended");
         } else {
@@ -844,7 +847,7 @@ where
             }
             Err(msg) => {
                 let r = RunResult {
-                    outcome: Outcome::Failed,
+                    outcome: RunOutcome::Failed,
                     retryable: true,
                     message: Some(msg),
                     report: None,
@@ -902,8 +905,8 @@ fn resumed(occ: &crate::ledger::OccurrenceRecord, entry: &JobEntry) -> Due {
         .attempts
         .iter()
         .filter(|a| match a.outcome {
-            None | Some(Outcome::Cancelled) => false,
-            Some(Outcome::Crashed) => !a
+            None | Some(RunOutcome::Cancelled) => false,
+            Some(RunOutcome::Crashed) => !a
                 .message
                 .as_deref()
                 .is_some_and(|m| m.starts_with(INTERRUPTED)),

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, BooleanArray, Float32Array, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use propensity_core::enums::Outcome;
+use propensity_core::enums::GoalOutcome;
 use propensity_core::{Goal, Job};
 use serde::Serialize;
 
@@ -109,7 +109,7 @@ impl CutoffPlan {
 /// The goal as a labelling rule over the store's goal flag.
 #[derive(Debug, Clone, Copy)]
 pub struct LabelRule {
-    pub outcome: Outcome,
+    pub outcome: GoalOutcome,
     pub min_count: u32,
 }
 
@@ -136,8 +136,8 @@ impl LabelRule {
             .count();
         let occurred = hits >= self.min_count as usize;
         match self.outcome {
-            Outcome::WillOccur => occurred,
-            Outcome::WillNotOccur => !occurred,
+            GoalOutcome::WillOccur => occurred,
+            GoalOutcome::WillNotOccur => !occurred,
         }
     }
 }

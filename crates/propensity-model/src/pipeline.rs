@@ -180,7 +180,7 @@ pub struct TrainData<'a> {
 
 /// What training produced, for the registry and the model card.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct TrainOutput {
     pub scorer: Scorer,
     pub fallback_reason: Option<String>,
     pub params: serde_json::Value,
@@ -214,7 +214,7 @@ pub fn train(
     data: &TrainData<'_>,
     s: &Settings,
     progress: gbdt::Progress<'_>,
-) -> Result<Outcome, String> {
+) -> Result<TrainOutput, String> {
     let (fp, fneg) = count(data.fit_y);
     let (sp, sn) = count(data.search_y);
     let (vp, vn) = count(data.valid_y);
@@ -513,7 +513,7 @@ fn evaluate(
     s: &Settings,
     scorer: Scorer,
     v: Option<Validation<'_>>,
-) -> Outcome {
+) -> TrainOutput {
     let computed;
     let v = match v {
         Some(v) => v,
@@ -625,7 +625,7 @@ fn evaluate(
         })
         .collect();
     let top_factors_by_bucket = summarize_factors(&buckets, data.names, data.labels);
-    Outcome {
+    TrainOutput {
         scorer,
         fallback_reason: None,
         params: serde_json::Value::Null,

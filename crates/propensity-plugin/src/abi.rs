@@ -6,7 +6,7 @@
 //! - `propensity_plugin_v1() -> PluginV1`, a table of entry points, called only when the
 //!   version matches.
 //!
-//! Every entry point returns an [`Outcome`]: a status and a message allocated by the plugin
+//! Every entry point returns an [`CallResult`]: a status and a message allocated by the plugin
 //! (JSON on success, the error text otherwise), which the host hands back to the plugin's
 //! `free_bytes`. Arrow data crosses as C Data Interface structures: the host moves the input
 //! arrays into the call (the plugin releases them), the plugin moves the labels out (the host
@@ -61,7 +61,7 @@ impl Bytes {
 /// What an entry point returns.
 #[repr(C)]
 #[derive(Debug)]
-pub struct Outcome {
+pub struct CallResult {
     /// [`STATUS_OK`], [`STATUS_ERROR`] or [`STATUS_PANIC`].
     pub status: i32,
     /// UTF-8 text: JSON on success, the message otherwise.
@@ -94,9 +94,9 @@ pub struct LabelInput {
 #[derive(Debug, Clone, Copy)]
 pub struct PluginV1 {
     /// Metadata as JSON ([`crate::Metadata`]).
-    pub metadata: unsafe extern "C" fn() -> Outcome,
+    pub metadata: unsafe extern "C" fn() -> CallResult,
     /// Checks parameters (a JSON object of `len` bytes); answers [`Validated`] as JSON.
-    pub validate: unsafe extern "C" fn(params: *const u8, len: usize) -> Outcome,
+    pub validate: unsafe extern "C" fn(params: *const u8, len: usize) -> CallResult,
     /// Labels a batch: reads `input`, writes a struct array (`profile_id`, `label`) to
     /// `out_array` / `out_schema` on success.
     pub label: unsafe extern "C" fn(
@@ -105,7 +105,7 @@ pub struct PluginV1 {
         input: *mut LabelInput,
         out_array: *mut FFI_ArrowArray,
         out_schema: *mut FFI_ArrowSchema,
-    ) -> Outcome,
+    ) -> CallResult,
     /// Releases a message.
     pub free_bytes: unsafe extern "C" fn(Bytes),
 }
@@ -120,14 +120,14 @@ pub fn entry_points<G: Goal>() -> PluginV1 {
     }
 }
 
-/// Runs `f`, turning its error or its panic into an [`Outcome`].
-fn guard(f: impl FnOnce() -> Result<Vec<u8>, String>) -> Outcome {
+/// Runs `f`, turning its error or its panic into an [`CallResult`].
+fn guard(f: impl FnOnce() -> Result<Vec<u8>, String>) -> CallResult {
     match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(bytes)) => Outcome {
+        Ok(Ok(bytes)) => CallResult {
             status: STATUS_OK,
             message: Bytes::from_vec(bytes),
         },
-        Ok(Err(message)) => Outcome {
+        Ok(Err(message)) => CallResult {
             status: STATUS_ERROR,
             message: Bytes::from_vec(message.into_bytes()),
         },
@@ -137,7 +137,7 @@ fn guard(f: impl FnOnce() -> Result<Vec<u8>, String>) -> Outcome {
                 .map(|s| (*s).to_owned())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".into());
-            Outcome {
+            CallResult {
                 status: STATUS_PANIC,
                 message: Bytes::from_vec(text.into_bytes()),
             }
@@ -158,11 +158,11 @@ unsafe fn params_bytes<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
     }
 }
 
-unsafe extern "C" fn metadata<G: Goal>() -> Outcome {
+unsafe extern "C" fn metadata<G: Goal>() -> CallResult {
     guard(|| serde_json::to_vec(&G::metadata()).map_err(|e| e.to_string()))
 }
 
-unsafe extern "C" fn validate<G: Goal>(params: *const u8, len: usize) -> Outcome {
+unsafe extern "C" fn validate<G: Goal>(params: *const u8, len: usize) -> CallResult {
     // SAFETY: the host passes its own JSON buffer of `len` bytes, alive for the call.
     let params = unsafe { params_bytes(params, len) };
     guard(|| {
@@ -181,7 +181,7 @@ unsafe extern "C" fn label<G: Goal>(
     input: *mut LabelInput,
     out_array: *mut FFI_ArrowArray,
     out_schema: *mut FFI_ArrowSchema,
-) -> Outcome {
+) -> CallResult {
     // SAFETY: the host passes its own JSON buffer of `len` bytes, alive for the call.
     let params = unsafe { params_bytes(params, len) };
     guard(|| {

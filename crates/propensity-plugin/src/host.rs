@@ -25,7 +25,7 @@ use arrow_array::ffi::{FFI_ArrowArray, FFI_ArrowSchema, from_ffi, to_ffi};
 use arrow_array::{Array, StringArray, StructArray, make_array};
 use sha2::{Digest, Sha256};
 
-use crate::abi::{self, LabelInput, Outcome, PluginV1};
+use crate::abi::{self, CallResult, LabelInput, PluginV1};
 use crate::{ABI_VERSION, Labels, Metadata, Validated, Window};
 
 /// Why a plugin could not be found, loaded or called. The message names the plugin and the
@@ -507,7 +507,7 @@ fn open(path: &Path) -> Result<&'static libloading::Library, libloading::Error> 
 /// Reads an entry point's outcome and gives its message back to the plugin.
 fn call(
     who: &str,
-    out: Outcome,
+    out: CallResult,
     free: unsafe extern "C" fn(abi::Bytes),
 ) -> Result<Vec<u8>, PluginError> {
     let bytes = if out.message.len == 0 || out.message.ptr.is_null() {

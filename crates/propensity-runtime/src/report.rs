@@ -154,3 +154,147 @@ pub struct Output {
     pub location: String,
     pub rows: Option<usize>,
 }
+
+/// The last step of a run: the report, the card and the HTML page in the run directory, and
+/// the job's latest-run record.
+pub(crate) fn finish(
+    cx: crate::context::RunContext<'_>,
+    inp: &crate::load::Inputs,
+    chosen: crate::train::Chosen,
+    scoring: &crate::score::Scoring,
+    segs: crate::segments::Segmented,
+    table: crate::publish::Table,
+    published: crate::publish::Published,
+) -> Result<crate::RunSummary, crate::RunError> {
+    use crate::registry::{LatestRun, write_atomic};
+    use propensity_model::pipeline;
+    let scored = &scoring.scored;
+    let model = &chosen.model;
+    let n = scored.len();
+    let mut histogram = vec![0u64; 20];
+    for s in scored {
+        histogram[(usize::from(s.score) / 5).min(19)] += 1;
+    }
+    let in_bucket = |b: &'static str| scored.iter().filter(move |s| s.bucket == b);
+    let buckets: Vec<BucketSize> = ["high", "medium", "low"]
+        .iter()
+        .map(|b| {
+            let rows: Vec<&pipeline::Scored> = in_bucket(b).collect();
+            let percentiles = || rows.iter().map(|s| u32::from(s.percentile));
+            BucketSize {
+                bucket: (*b).into(),
+                profiles: rows.len(),
+                share: rows.len() as f64 / n.max(1) as f64,
+                mean_probability: rows.iter().map(|s| s.probability).sum::<f64>()
+                    / rows.len().max(1) as f64,
+                min_percentile: percentiles().min().unwrap_or(0),
+                max_percentile: percentiles().max().unwrap_or(0),
+            }
+        })
+        .collect();
+    let groups: Vec<(&str, Vec<&[pipeline::Factor]>)> = ["high", "medium", "low"]
+        .iter()
+        .map(|b| (*b, in_bucket(b).map(|s| s.factors.as_slice()).collect()))
+        .collect();
+    let top_factors_by_bucket =
+        pipeline::summarize_factors(&groups, &model.features, &model.labels);
+    let checks = &inp.loaded.report;
+    let c = &checks.events.counts;
+    let run_dir = &table.run_dir;
+    let report_json = run_dir.join("report.json");
+    let report_html = run_dir.join("report.html");
+    let card_json = run_dir.join("card.json");
+    let mut outputs = crate::publish::outputs(&table, &published);
+    for (kind, path) in [
+        ("model_card", &card_json),
+        ("report_json", &report_json),
+        ("report_html", &report_html),
+    ] {
+        outputs.push(Output {
+            kind: kind.into(),
+            location: path.display().to_string(),
+            rows: None,
+        });
+    }
+    let mut report = RunReport {
+        job: cx.job.name.clone(),
+        description: cx.job.description.clone(),
+        run_id: cx.run_id.clone(),
+        as_of: propensity_engine::rfc3339(cx.as_of_us),
+        started_at: cx
+            .started
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        finished_at: String::new(),
+        model_version: model.version.clone(),
+        algorithm: model.model.algorithm().into(),
+        confidence: chosen.confidence(),
+        training: chosen.training.clone(),
+        card: model.card.clone(),
+        rejected_card: chosen.rejected.clone(),
+        scored: n,
+        mean_probability: scored.iter().map(|s| s.probability).sum::<f64>() / n.max(1) as f64,
+        expected: {
+            let m: Vec<f64> = scored.iter().map(|s| s.margin).collect();
+            let p: Vec<f64> = scored.iter().map(|s| s.probability).collect();
+            (n > 0 && !model.model.is_fallback())
+                .then(|| propensity_model::metrics::expected(&m, &p))
+        },
+        buckets,
+        score_histogram: histogram,
+        top_factors_by_bucket,
+        data: DataSummary {
+            events_read: c.rows_read,
+            events_used: c.events_kept,
+            events_rejected: c.invalid(),
+            profiles: inp.loaded.store.profiles(),
+            eligible: inp.dataset.scoring.rows.len(),
+            findings: checks
+                .warnings
+                .iter()
+                .map(|f| format!("warning: {}", f.message))
+                .collect(),
+        },
+        segments: segs.sizes,
+        publication: published.id,
+        publications: published.records,
+        timings: cx.timings,
+        outputs,
+        warnings: cx.warnings,
+    };
+    report.finished_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    write_atomic(&card_json, &json(&report.card))?;
+    write_atomic(&report_json, &json(&report))?;
+    write_atomic(&report_html, crate::html::render(&report).as_bytes())?;
+    cx.registry.set_latest_run(&LatestRun {
+        run_id: cx.run_id,
+        as_of: report.as_of.clone(),
+        model_version: report.model_version.clone(),
+        job_file: cx.opts.job_file.as_ref().map(|f| {
+            std::path::absolute(f)
+                .unwrap_or_else(|_| f.clone())
+                .display()
+                .to_string()
+        }),
+    })?;
+    tracing::info!(
+        training = %report.training.status,
+        model_version = %report.model_version,
+        scored = report.scored,
+        failed_sinks = published.failed.len(),
+        "run finished"
+    );
+    Ok(crate::RunSummary {
+        report,
+        failed_sinks: published.failed,
+        run_dir: table.run_dir,
+        scores_path: table.scores_path,
+        report_path: report_html,
+    })
+}
+
+/// Pretty JSON, newline-terminated.
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut b = serde_json::to_vec_pretty(v).unwrap_or_default();
+    b.push(b'\n');
+    b
+}

@@ -208,6 +208,70 @@ pub fn membership(
     Ok((m, warnings))
 }
 
+/// The segments of a run and who is in each.
+pub(crate) struct Segmented {
+    pub segments: Vec<Segment>,
+    pub membership: Membership,
+    pub sizes: Vec<crate::report::SegmentSize>,
+}
+
+/// The `segment` stage: evaluates every segment over the scored rows.
+pub(crate) fn stage(
+    cx: &mut crate::context::RunContext<'_>,
+    inp: &crate::load::Inputs,
+    chosen: &crate::train::Chosen,
+    scoring: &crate::score::Scoring,
+) -> Result<Segmented, RunError> {
+    let segments = effective(cx.job);
+    let stage = cx.stage("segment", None);
+    let ids = inp.scoring_ids();
+    let (membership, warnings) = membership(
+        &cx.rt,
+        &segments,
+        &inp.loaded,
+        &Rows {
+            rows: &inp.dataset.scoring.rows,
+            ids: &ids,
+            scored: &scoring.scored,
+            features: &chosen.model.features,
+            model_version: &chosen.model.version,
+            confidence: chosen.confidence().as_str(),
+        },
+        cx.settings.seed,
+    )?;
+    for w in warnings {
+        cx.warn(w);
+    }
+    let sizes: Vec<crate::report::SegmentSize> = segments
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let k = k as u16;
+            let members = membership.member.iter().filter(|m| m.contains(&k)).count();
+            let held = membership.held.iter().filter(|m| m.contains(&k)).count();
+            crate::report::SegmentSize {
+                name: s.name.clone(),
+                profiles: members - held,
+                holdout: held,
+                holdout_fraction: s.holdout,
+            }
+        })
+        .collect();
+    cx.done(
+        stage,
+        &sizes
+            .iter()
+            .map(|s| format!("{} {}", s.name, s.profiles + s.holdout))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    Ok(Segmented {
+        segments,
+        membership,
+        sizes,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

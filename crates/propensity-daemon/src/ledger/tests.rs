@@ -56,7 +56,7 @@ fn exactly_one_final_outcome() {
         at,
         a1,
         tok,
-        Outcome::Failed,
+        RunOutcome::Failed,
         Some("boom"),
         false,
         t(1, 1),
@@ -70,7 +70,7 @@ fn exactly_one_final_outcome() {
             at,
             a1,
             tok,
-            Outcome::Failed,
+            RunOutcome::Failed,
             None,
             false,
             t(1, 1),
@@ -92,7 +92,7 @@ fn exactly_one_final_outcome() {
         at,
         a2,
         tok,
-        Outcome::Succeeded,
+        RunOutcome::Succeeded,
         None,
         true,
         t(1, 3),
@@ -106,7 +106,7 @@ fn exactly_one_final_outcome() {
             at,
             a2,
             tok,
-            Outcome::Crashed,
+            RunOutcome::Crashed,
             None,
             true,
             t(1, 4),
@@ -116,7 +116,7 @@ fn exactly_one_final_outcome() {
         matches!(
             err,
             LedgerError::AlreadyFinal {
-                outcome: Outcome::Succeeded,
+                outcome: RunOutcome::Succeeded,
                 ..
             }
         ),
@@ -124,7 +124,7 @@ fn exactly_one_final_outcome() {
     );
     assert!(err.to_string().contains("ledger.sqlite"), "{err}");
     let err = l
-        .record_skip("churn", RunKind::Score, at, Outcome::SkippedMissed, tok)
+        .record_skip("churn", RunKind::Score, at, RunOutcome::SkippedMissed, tok)
         .unwrap_err();
     assert!(matches!(err, LedgerError::AlreadyFinal { .. }), "{err}");
     // No new attempt once final.
@@ -135,13 +135,13 @@ fn exactly_one_final_outcome() {
     );
 
     let occ = l.occurrence("churn", RunKind::Score, at).unwrap().unwrap();
-    assert_eq!(occ.final_outcome, Some(Outcome::Succeeded));
+    assert_eq!(occ.final_outcome, Some(RunOutcome::Succeeded));
     assert_eq!(occ.attempts.len(), 2);
-    assert_eq!(occ.attempts[0].outcome, Some(Outcome::Failed));
+    assert_eq!(occ.attempts[0].outcome, Some(RunOutcome::Failed));
     assert_eq!(occ.attempts[0].message.as_deref(), Some("boom"));
     assert_eq!(occ.attempts[0].finished_at, Some(t(1, 1)));
     assert_eq!(occ.attempts[1].started_at, t(1, 2));
-    assert_eq!(occ.attempts[1].outcome, Some(Outcome::Succeeded));
+    assert_eq!(occ.attempts[1].outcome, Some(RunOutcome::Succeeded));
 }
 
 #[test]
@@ -152,19 +152,19 @@ fn skips_are_final_without_attempts() {
         "churn",
         RunKind::Score,
         t(1, 0),
-        Outcome::SkippedOverlap,
+        RunOutcome::SkippedOverlap,
         tok,
     )
     .unwrap();
     let err = l
-        .record_skip("churn", RunKind::Score, t(2, 0), Outcome::Failed, tok)
+        .record_skip("churn", RunKind::Score, t(2, 0), RunOutcome::Failed, tok)
         .unwrap_err();
     assert!(matches!(err, LedgerError::NotASkip { .. }), "{err}");
     let occ = l
         .occurrence("churn", RunKind::Score, t(1, 0))
         .unwrap()
         .unwrap();
-    assert_eq!(occ.final_outcome, Some(Outcome::SkippedOverlap));
+    assert_eq!(occ.final_outcome, Some(RunOutcome::SkippedOverlap));
     assert!(occ.attempts.is_empty());
     assert_eq!(
         l.occurrence("churn", RunKind::Score, t(2, 0)).unwrap(),
@@ -195,7 +195,7 @@ fn fencing() {
             at,
             a1,
             1,
-            Outcome::Succeeded,
+            RunOutcome::Succeeded,
             None,
             true,
             later,
@@ -224,7 +224,7 @@ fn fencing() {
         at,
         a1,
         2,
-        Outcome::Crashed,
+        RunOutcome::Crashed,
         Some("lease lost"),
         true,
         later,
@@ -235,7 +235,13 @@ fn fencing() {
     assert!(!l.release_lease("a", 1).unwrap());
     assert!(l.release_lease("b", 2).unwrap());
     let err = l
-        .record_skip("churn", RunKind::Score, t(2, 0), Outcome::SkippedMissed, 2)
+        .record_skip(
+            "churn",
+            RunKind::Score,
+            t(2, 0),
+            RunOutcome::SkippedMissed,
+            2,
+        )
         .unwrap_err();
     assert!(
         matches!(err, LedgerError::Fenced { held: false, .. }),
@@ -324,7 +330,7 @@ fn persists_across_reopen() {
             t(1, 0),
             n,
             tok,
-            Outcome::Succeeded,
+            RunOutcome::Succeeded,
             None,
             true,
             t(1, 1),
@@ -336,7 +342,7 @@ fn persists_across_reopen() {
         .occurrence("churn", RunKind::Score, t(1, 0))
         .unwrap()
         .unwrap();
-    assert_eq!(occ.final_outcome, Some(Outcome::Succeeded));
+    assert_eq!(occ.final_outcome, Some(RunOutcome::Succeeded));
     assert_eq!(
         occ.publications,
         vec![PublicationRecord {
@@ -371,9 +377,9 @@ fn queries() {
     let (_dir, mut l) = open();
     let tok = l.acquire_lease("a", TTL, t(0, 0)).unwrap().unwrap();
     for (h, outcome) in [
-        (1, Outcome::Succeeded),
-        (2, Outcome::Succeeded),
-        (3, Outcome::TimedOut),
+        (1, RunOutcome::Succeeded),
+        (2, RunOutcome::Succeeded),
+        (3, RunOutcome::TimedOut),
     ] {
         let n = l
             .start_attempt("churn", RunKind::Score, t(h, 0), tok, t(h, 0))
@@ -396,7 +402,7 @@ fn queries() {
         "churn",
         RunKind::Train,
         t(4, 0),
-        Outcome::SkippedMissed,
+        RunOutcome::SkippedMissed,
         tok,
     )
     .unwrap();
@@ -420,8 +426,8 @@ fn queries() {
         got,
         vec![
             (t(5, 0), RunKind::Score, None),
-            (t(4, 0), RunKind::Train, Some(Outcome::SkippedMissed)),
-            (t(3, 0), RunKind::Score, Some(Outcome::TimedOut)),
+            (t(4, 0), RunKind::Train, Some(RunOutcome::SkippedMissed)),
+            (t(3, 0), RunKind::Score, Some(RunOutcome::TimedOut)),
         ]
     );
     assert_eq!(runs[2].attempts.len(), 1);
@@ -442,10 +448,13 @@ fn queries() {
 
 #[test]
 fn outcome_text_round_trips() {
-    for o in Outcome::ALL {
-        assert_eq!(o.as_str().parse::<Outcome>(), Ok(o));
+    for o in RunOutcome::ALL {
+        assert_eq!(o.as_str().parse::<RunOutcome>(), Ok(o));
     }
-    assert_eq!(Outcome::InsufficientData.to_string(), "insufficient_data");
+    assert_eq!(
+        RunOutcome::InsufficientData.to_string(),
+        "insufficient_data"
+    );
     assert_eq!("score".parse::<RunKind>(), Ok(RunKind::Score));
 }
 
@@ -489,7 +498,7 @@ fn pending_origin_run_id_skips_in_bulk_and_counts_by_job() {
         t(1, 0),
         no,
         tok,
-        Outcome::Succeeded,
+        RunOutcome::Succeeded,
         None,
         true,
         t(1, 2),
@@ -500,7 +509,7 @@ fn pending_origin_run_id_skips_in_bulk_and_counts_by_job() {
             "churn",
             RunKind::Score,
             &[t(1, 0), t(2, 0), t(3, 0)],
-            Outcome::SkippedMissed,
+            RunOutcome::SkippedMissed,
             "catchup",
             tok,
         )
@@ -518,7 +527,7 @@ fn pending_origin_run_id_skips_in_bulk_and_counts_by_job() {
             "churn",
             RunKind::Score,
             &[t(4, 0)],
-            Outcome::Failed,
+            RunOutcome::Failed,
             "x",
             tok
         ),
@@ -529,7 +538,7 @@ fn pending_origin_run_id_skips_in_bulk_and_counts_by_job() {
             "churn",
             RunKind::Score,
             &[t(4, 0)],
-            Outcome::SkippedMissed,
+            RunOutcome::SkippedMissed,
             "x",
             tok + 1
         ),
@@ -542,10 +551,10 @@ fn pending_origin_run_id_skips_in_bulk_and_counts_by_job() {
             (
                 "churn".to_owned(),
                 RunKind::Score,
-                Outcome::SkippedMissed,
+                RunOutcome::SkippedMissed,
                 2
             ),
-            ("churn".to_owned(), RunKind::Score, Outcome::Succeeded, 1),
+            ("churn".to_owned(), RunKind::Score, RunOutcome::Succeeded, 1),
         ]
     );
     assert_eq!(l.pending().unwrap().len(), 1);

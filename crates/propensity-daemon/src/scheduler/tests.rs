@@ -36,13 +36,13 @@ impl Launcher for FakeLauncher {
     fn stop(&mut self, h: &mut u64, why: Stop) {
         let mut f = self.0.lock().unwrap();
         f.stopped.push((*h, why));
-        f.ends.insert(*h, result(Outcome::Cancelled, false));
+        f.ends.insert(*h, result(RunOutcome::Cancelled, false));
     }
 }
 
 impl FakeLauncher {
     /// Ends the latest started run with `outcome`.
-    fn end_latest(&self, outcome: Outcome, retryable: bool) {
+    fn end_latest(&self, outcome: RunOutcome, retryable: bool) {
         let mut f = self.0.lock().unwrap();
         let h = f.next;
         f.ends.insert(h, result(outcome, retryable));
@@ -58,11 +58,11 @@ impl FakeLauncher {
     }
 }
 
-fn result(outcome: Outcome, retryable: bool) -> RunResult {
+fn result(outcome: RunOutcome, retryable: bool) -> RunResult {
     RunResult {
         outcome,
         retryable,
-        message: (outcome != Outcome::Succeeded).then(|| format!("{outcome} (fake)")),
+        message: (outcome != RunOutcome::Succeeded).then(|| format!("{outcome} (fake)")),
         report: None,
         log: None,
     }
@@ -157,7 +157,7 @@ impl Rig {
         r.sort_by_key(|o| o.scheduled_at);
         r
     }
-    fn outcomes(&self) -> Vec<(DateTime<Utc>, Option<Outcome>)> {
+    fn outcomes(&self) -> Vec<(DateTime<Utc>, Option<RunOutcome>)> {
         self.runs()
             .iter()
             .map(|o| (o.scheduled_at, o.final_outcome))
@@ -172,16 +172,16 @@ fn each_occurrence_runs_at_its_time_and_ends_with_one_outcome() {
     assert!(r.fake.started().is_empty(), "nothing is due before 10:01");
     r.sched.tick(t(10, 1, 0));
     assert_eq!(r.fake.started(), [t(10, 1, 0)]);
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 1, 5));
     r.sched.tick(t(10, 2, 0));
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 2, 1));
     assert_eq!(
         r.outcomes(),
         [
-            (t(10, 1, 0), Some(Outcome::Succeeded)),
-            (t(10, 2, 0), Some(Outcome::Succeeded))
+            (t(10, 1, 0), Some(RunOutcome::Succeeded)),
+            (t(10, 2, 0), Some(RunOutcome::Succeeded))
         ]
     );
     assert!(r.sched.idle());
@@ -194,14 +194,14 @@ fn skip_records_the_overlapping_occurrence_and_buffer_one_runs_one_later() {
     r.sched.tick(t(10, 1, 0));
     r.sched.tick(t(10, 2, 0));
     r.sched.tick(t(10, 3, 0));
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 3, 30));
     assert_eq!(
         r.outcomes(),
         [
-            (t(10, 1, 0), Some(Outcome::Succeeded)),
-            (t(10, 2, 0), Some(Outcome::SkippedOverlap)),
-            (t(10, 3, 0), Some(Outcome::SkippedOverlap))
+            (t(10, 1, 0), Some(RunOutcome::Succeeded)),
+            (t(10, 2, 0), Some(RunOutcome::SkippedOverlap)),
+            (t(10, 3, 0), Some(RunOutcome::SkippedOverlap))
         ]
     );
     // buffer_one: the first overlapping one waits, the second is skipped.
@@ -212,21 +212,21 @@ fn skip_records_the_overlapping_occurrence_and_buffer_one_runs_one_later() {
     r.sched.tick(t(10, 1, 0));
     r.sched.tick(t(10, 2, 0));
     r.sched.tick(t(10, 3, 0));
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 3, 30));
     assert_eq!(
         r.fake.started(),
         [t(10, 1, 0), t(10, 2, 0)],
         "the buffered one starts"
     );
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 3, 40));
     assert_eq!(
         r.outcomes(),
         [
-            (t(10, 1, 0), Some(Outcome::Succeeded)),
-            (t(10, 2, 0), Some(Outcome::Succeeded)),
-            (t(10, 3, 0), Some(Outcome::SkippedOverlap))
+            (t(10, 1, 0), Some(RunOutcome::Succeeded)),
+            (t(10, 2, 0), Some(RunOutcome::Succeeded)),
+            (t(10, 3, 0), Some(RunOutcome::SkippedOverlap))
         ]
     );
 }
@@ -242,13 +242,13 @@ fn cancel_previous_stops_the_running_attempt_and_starts_the_new_one() {
     assert_eq!(r.fake.0.lock().unwrap().stopped, [(1, Stop::Cancel)]);
     r.sched.tick(t(10, 2, 1));
     assert_eq!(r.fake.started(), [t(10, 1, 0), t(10, 2, 0)]);
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 2, 2));
     assert_eq!(
         r.outcomes(),
         [
-            (t(10, 1, 0), Some(Outcome::Cancelled)),
-            (t(10, 2, 0), Some(Outcome::Succeeded))
+            (t(10, 1, 0), Some(RunOutcome::Cancelled)),
+            (t(10, 2, 0), Some(RunOutcome::Succeeded))
         ]
     );
 }
@@ -258,7 +258,7 @@ fn a_retryable_failure_is_retried_after_the_backoff_and_a_final_one_is_not() {
     let sched = "score = \"0 0 * * * *\"\n[schedule.retries]\nmax_attempts = 3\nbackoff = \"1m\"\nmax_backoff = \"10m\"";
     let mut r = rig(sched, t(9, 59, 0));
     r.sched.tick(t(10, 0, 0));
-    r.fake.end_latest(Outcome::Failed, true);
+    r.fake.end_latest(RunOutcome::Failed, true);
     r.sched.tick(t(10, 0, 10));
     r.sched.tick(t(10, 0, 50));
     assert_eq!(r.fake.started().len(), 1, "waits for the backoff");
@@ -268,33 +268,33 @@ fn a_retryable_failure_is_retried_after_the_backoff_and_a_final_one_is_not() {
         [t(10, 0, 0), t(10, 0, 0)],
         "retry 1 after 1 min"
     );
-    r.fake.end_latest(Outcome::Crashed, true);
+    r.fake.end_latest(RunOutcome::Crashed, true);
     r.sched.tick(t(10, 1, 20));
     r.sched.tick(t(10, 3, 0));
     r.sched.tick(t(10, 3, 21));
     assert_eq!(r.fake.started().len(), 3, "retry 2 after 2 min");
-    r.fake.end_latest(Outcome::Failed, true);
+    r.fake.end_latest(RunOutcome::Failed, true);
     r.sched.tick(t(10, 3, 30));
     r.sched.tick(t(10, 30, 0));
     assert_eq!(r.fake.started().len(), 3, "max_attempts = 3");
     let occ = &r.runs()[0];
-    assert_eq!(occ.final_outcome, Some(Outcome::Failed));
+    assert_eq!(occ.final_outcome, Some(RunOutcome::Failed));
     let outs: Vec<_> = occ.attempts.iter().map(|a| a.outcome).collect();
     assert_eq!(
         outs,
         [
-            Some(Outcome::Failed),
-            Some(Outcome::Crashed),
-            Some(Outcome::Failed)
+            Some(RunOutcome::Failed),
+            Some(RunOutcome::Crashed),
+            Some(RunOutcome::Failed)
         ]
     );
     // A non-retryable failure (a bad job) is final at once.
     r.sched.tick(t(11, 0, 0));
-    r.fake.end_latest(Outcome::Failed, false);
+    r.fake.end_latest(RunOutcome::Failed, false);
     r.sched.tick(t(11, 0, 1));
     r.sched.tick(t(11, 10, 0));
     assert_eq!(r.fake.started().len(), 4);
-    assert_eq!(r.runs()[1].final_outcome, Some(Outcome::Failed));
+    assert_eq!(r.runs()[1].final_outcome, Some(RunOutcome::Failed));
 }
 
 #[test]
@@ -303,7 +303,7 @@ fn after_downtime_latest_runs_the_last_missed_occurrence_and_records_the_others(
     {
         let mut r = rig_in(dir, r#"score = "0 0 * * * *""#, t(9, 59, 0), "first");
         r.sched.tick(t(10, 0, 0));
-        r.fake.end_latest(Outcome::Succeeded, false);
+        r.fake.end_latest(RunOutcome::Succeeded, false);
         r.sched.tick(t(10, 0, 1));
         r.sched.release();
         // "down" from 10:00:01 to 14:30
@@ -315,7 +315,7 @@ fn after_downtime_latest_runs_the_last_missed_occurrence_and_records_the_others(
             [t(14, 0, 0)],
             "only the latest missed one runs"
         );
-        r.fake.end_latest(Outcome::Succeeded, false);
+        r.fake.end_latest(RunOutcome::Succeeded, false);
         r.sched.tick(t(14, 30, 1));
         let runs = r.runs();
         let got: Vec<_> = runs
@@ -325,11 +325,11 @@ fn after_downtime_latest_runs_the_last_missed_occurrence_and_records_the_others(
         assert_eq!(
             got,
             [
-                (t(10, 0, 0), Some(Outcome::Succeeded), "schedule"),
-                (t(11, 0, 0), Some(Outcome::SkippedMissed), "catchup"),
-                (t(12, 0, 0), Some(Outcome::SkippedMissed), "catchup"),
-                (t(13, 0, 0), Some(Outcome::SkippedMissed), "catchup"),
-                (t(14, 0, 0), Some(Outcome::Succeeded), "catchup"),
+                (t(10, 0, 0), Some(RunOutcome::Succeeded), "schedule"),
+                (t(11, 0, 0), Some(RunOutcome::SkippedMissed), "catchup"),
+                (t(12, 0, 0), Some(RunOutcome::SkippedMissed), "catchup"),
+                (t(13, 0, 0), Some(RunOutcome::SkippedMissed), "catchup"),
+                (t(14, 0, 0), Some(RunOutcome::Succeeded), "catchup"),
             ]
         );
         // And the schedule goes on.
@@ -363,12 +363,12 @@ fn a_new_holder_records_the_interrupted_attempt_and_runs_the_occurrence_again() 
         [t(10, 0, 0)],
         "run again under the new lease"
     );
-    second.fake.end_latest(Outcome::Succeeded, false);
+    second.fake.end_latest(RunOutcome::Succeeded, false);
     second.sched.tick(t(10, 0, 42));
     let occ = &second.runs()[0];
-    assert_eq!(occ.final_outcome, Some(Outcome::Succeeded));
+    assert_eq!(occ.final_outcome, Some(RunOutcome::Succeeded));
     assert_eq!(occ.attempts.len(), 2);
-    assert_eq!(occ.attempts[0].outcome, Some(Outcome::Crashed));
+    assert_eq!(occ.attempts[0].outcome, Some(RunOutcome::Crashed));
     assert!(
         occ.attempts[0]
             .message
@@ -392,7 +392,7 @@ fn shutdown_stops_runs_without_a_final_outcome_so_they_run_at_the_next_start() {
     assert!(!r.sched.busy());
     r.sched.release();
     assert_eq!(r.runs()[0].final_outcome, None);
-    assert_eq!(r.runs()[0].attempts[0].outcome, Some(Outcome::Cancelled));
+    assert_eq!(r.runs()[0].attempts[0].outcome, Some(RunOutcome::Cancelled));
     let Rig { _dir: dir, .. } = r;
     let mut next = rig_in(dir, r#"score = "0 0 * * * *""#, t(10, 5, 0), "second");
     next.sched.tick(t(10, 5, 0));
@@ -409,15 +409,15 @@ fn a_train_and_a_score_occurrence_at_the_same_instant_run_the_train_first() {
     let f = r.fake.0.lock().unwrap().started.clone();
     assert_eq!(f.len(), 1);
     assert_eq!((f[0].kind, f[0].as_of), (RunKind::Train, t(10, 2, 0)));
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 2, 1));
     let got: Vec<_> = r.runs().iter().map(|o| (o.kind, o.final_outcome)).collect();
     assert!(
-        got.contains(&(RunKind::Train, Some(Outcome::Succeeded))),
+        got.contains(&(RunKind::Train, Some(RunOutcome::Succeeded))),
         "{got:?}"
     );
     assert!(
-        got.contains(&(RunKind::Score, Some(Outcome::SkippedOverlap))),
+        got.contains(&(RunKind::Score, Some(RunOutcome::SkippedOverlap))),
         "{got:?}"
     );
 }
@@ -428,10 +428,10 @@ fn a_resumed_occurrence_keeps_the_attempts_it_used_but_gets_at_least_one_more() 
     let dir = tempfile::tempdir().unwrap();
     let mut r = rig_in(dir, sched, t(9, 59, 0), "first");
     r.sched.tick(t(10, 0, 0));
-    r.fake.end_latest(Outcome::Failed, true);
+    r.fake.end_latest(RunOutcome::Failed, true);
     r.sched.tick(t(10, 0, 1));
     r.sched.tick(t(10, 1, 2));
-    r.fake.end_latest(Outcome::Failed, true);
+    r.fake.end_latest(RunOutcome::Failed, true);
     r.sched.tick(t(10, 1, 3));
     // Two failed attempts; stopped while waiting for the third.
     r.sched.stop_all(true);
@@ -441,12 +441,12 @@ fn a_resumed_occurrence_keeps_the_attempts_it_used_but_gets_at_least_one_more() 
     let mut next = rig_in(dir, sched, t(10, 5, 0), "second");
     next.sched.tick(t(10, 5, 0));
     assert_eq!(next.fake.started(), [t(10, 0, 0)], "resumed");
-    next.fake.end_latest(Outcome::Failed, true);
+    next.fake.end_latest(RunOutcome::Failed, true);
     next.sched.tick(t(10, 5, 1));
     next.sched.tick(t(10, 30, 0));
     assert_eq!(next.fake.started().len(), 1, "no fourth attempt: 3 in all");
     let occ = &next.runs()[0];
-    assert_eq!(occ.final_outcome, Some(Outcome::Failed));
+    assert_eq!(occ.final_outcome, Some(RunOutcome::Failed));
     assert_eq!(occ.attempts.len(), 3);
 }
 
@@ -464,12 +464,15 @@ fn a_lease_not_renewed_in_time_stops_the_runs_and_a_regained_one_closes_them() {
     // It got the lease back (no one else wanted it): the stopped attempt is closed as
     // interrupted and the occurrence runs again, once.
     assert_eq!(r.fake.started(), [t(10, 0, 0), t(10, 0, 0)]);
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 0, 41));
     let occ = &r.runs()[0];
-    assert_eq!(occ.final_outcome, Some(Outcome::Succeeded));
+    assert_eq!(occ.final_outcome, Some(RunOutcome::Succeeded));
     let outs: Vec<_> = occ.attempts.iter().map(|a| a.outcome).collect();
-    assert_eq!(outs, [Some(Outcome::Crashed), Some(Outcome::Succeeded)]);
+    assert_eq!(
+        outs,
+        [Some(RunOutcome::Crashed), Some(RunOutcome::Succeeded)]
+    );
 }
 
 #[test]
@@ -483,15 +486,15 @@ fn a_score_at_the_instant_of_a_train_is_covered_even_with_cancel_previous() {
         r.fake.0.lock().unwrap().stopped.is_empty(),
         "the train run is not cancelled"
     );
-    r.fake.end_latest(Outcome::Succeeded, false);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
     r.sched.tick(t(10, 2, 1));
     let got: Vec<_> = r.runs().iter().map(|o| (o.kind, o.final_outcome)).collect();
     assert!(
-        got.contains(&(RunKind::Train, Some(Outcome::Succeeded))),
+        got.contains(&(RunKind::Train, Some(RunOutcome::Succeeded))),
         "{got:?}"
     );
     assert!(
-        got.contains(&(RunKind::Score, Some(Outcome::SkippedOverlap))),
+        got.contains(&(RunKind::Score, Some(RunOutcome::SkippedOverlap))),
         "{got:?}"
     );
 }
