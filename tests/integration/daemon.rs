@@ -345,6 +345,16 @@ fn a_daemon_on_second_schedules_records_one_outcome_per_occurrence_and_serves_th
     .unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(jobs.join("broken.toml"), "version = 1\nname = \n")
         .unwrap_or_else(|e| panic!("{e}"));
+    // A hostile file: rules nested and chained far past what recursion survives (they aborted
+    // the daemon by stack overflow, every restart again). Refused with a located diagnostic.
+    let hostile = format!(
+        "{}\n[[segments]]\nname = \"deep\"\nwhere = \"{}bucket = 'high'{}\"\n\n[[segments]]\nname = \"long\"\nwhere = \"{}\"\n",
+        job("hostile", "0 0 3 * * *", &out, "", None),
+        "(".repeat(20_000),
+        ")".repeat(20_000),
+        vec!["score > 1"; 50_000].join(" OR "),
+    );
+    std::fs::write(jobs.join("hostile.toml"), hostile).unwrap_or_else(|e| panic!("{e}"));
     let state = dir.join("state");
     let token = "t0ken-for-the-daemon-test-0123456789";
     let mut d = Daemon::start(&jobs, &state, "daemon", &[("PROPENSITY_API_TOKEN", token)]);
@@ -378,6 +388,20 @@ fn a_daemon_on_second_schedules_records_one_outcome_per_occurrence_and_serves_th
         "{listed}"
     );
     assert!(d.log().contains("broken job file, skipped"), "{}", d.log());
+    let hostile = listed["broken"]
+        .as_array()
+        .and_then(|b| {
+            b.iter().find(|b| {
+                b["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("hostile.toml"))
+            })
+        })
+        .unwrap_or_else(|| panic!("hostile.toml not listed as broken: {listed}"));
+    let problems = hostile["problems"].to_string();
+    assert!(problems.contains("nested more than 64"), "{problems}");
+    assert!(problems.contains("more than 1000 conditions"), "{problems}");
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(1), "{listed}");
 
     // Let it run several occurrences.
     d.wait_for(Duration::from_secs(60), "five finished occurrences", |d| {
@@ -438,6 +462,7 @@ fn a_daemon_on_second_schedules_records_one_outcome_per_occurrence_and_serves_th
     )
     .unwrap_or_else(|e| panic!("{e}"));
     std::fs::remove_file(jobs.join("broken.toml")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_file(jobs.join("hostile.toml")).unwrap_or_else(|e| panic!("{e}"));
     d.wait_for(Duration::from_secs(10), "the reload", |d| {
         let j = d.get("/api/v1/jobs");
         j["jobs"].as_array().is_some_and(|a| a.len() == 2)

@@ -87,8 +87,48 @@ fn edit_at(value: &mut toml::Value, path: &[Seg], f: &mut dyn FnMut(&mut toml::T
     }
 }
 
+/// The stack of the thread a job file is read on: parsing and validation recurse (bounded by
+/// the TOML parser's and the rule parser's depth limits), so they get a known stack rather
+/// than whatever the calling thread has (a Tokio worker, a test harness thread).
+const LOAD_STACK: usize = 16 << 20;
+
 /// Parses and validates a job file's text. `file` is the name used in messages.
+///
+/// Runs on a thread of its own with a known stack; a panic in the validator becomes an
+/// `internal` diagnostic for this file, so one hostile file never stops a daemon's other jobs.
 pub fn load_str(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
+    let internal = |why: String| {
+        vec![Diagnostic {
+            file: file.to_owned(),
+            line: 1,
+            column: 1,
+            key: "(top level)".to_owned(),
+            code: "internal",
+            message: format!("the job file could not be checked: {why}"),
+            hint: Some("please report this with the file".to_owned()),
+        }]
+    };
+    std::thread::scope(|scope| {
+        let worker = std::thread::Builder::new()
+            .name("job-file".into())
+            .stack_size(LOAD_STACK)
+            .spawn_scoped(scope, || load_on_this_thread(text, file));
+        match worker {
+            Ok(handle) => handle.join().unwrap_or_else(|panic| {
+                let why = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "the validator panicked".to_owned());
+                Err(internal(why))
+            }),
+            // No thread to be had (resource limits): check on this one.
+            Err(_) => load_on_this_thread(text, file),
+        }
+    })
+}
+
+fn load_on_this_thread(text: &str, file: &str) -> Result<Job, Vec<Diagnostic>> {
     let lines = LineIndex::new(text);
     let doc = match DeTable::parse(text) {
         Ok(d) => d,

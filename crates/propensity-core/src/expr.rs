@@ -63,13 +63,13 @@ pub enum Expr {
     Not {
         expr: Box<Expr>,
     },
+    /// Every operand is true (two or more: `a AND b AND c` is one `And`).
     And {
-        left: Box<Expr>,
-        right: Box<Expr>,
+        args: Vec<Expr>,
     },
+    /// Some operand is true (two or more).
     Or {
-        left: Box<Expr>,
-        right: Box<Expr>,
+        args: Vec<Expr>,
     },
     /// One of [`FUNCTIONS`].
     Call {
@@ -86,6 +86,15 @@ pub const FUNCTIONS: &[(&str, usize)] = &[
     ("lower", 1),
     ("upper", 1),
 ];
+
+/// The deepest nesting a rule may have: parentheses, `NOT` and function calls each add a
+/// level. Rules are checked and compiled by recursion, so the limit keeps a hostile or
+/// generated rule from exhausting a thread's stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// The most conditions (AND / OR operands, counted over the whole rule) a rule may have. A
+/// long list of alternatives of one field is `field IN (…)`, which has no such limit.
+pub const MAX_TERMS: usize = 1_000;
 
 /// A syntax error at a byte offset of the predicate text.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,6 +256,10 @@ fn lex(text: &str) -> Result<Vec<(usize, Tok)>, ExprError> {
 struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,
+    /// Current nesting (see [`MAX_DEPTH`]).
+    depth: usize,
+    /// AND / OR operands so far (see [`MAX_TERMS`]).
+    terms: usize,
 }
 
 fn is_kw(t: &Tok, kw: &str) -> bool {
@@ -282,32 +295,53 @@ impl Parser {
         }
     }
 
-    /// `operand (KEYWORD operand)*`, folded to the left.
+    /// `operand (KEYWORD operand)*`: one n-ary node when the keyword appears.
     fn chain(
         &mut self,
         keyword: &str,
         operand: fn(&mut Self) -> Result<Expr, ExprError>,
-        join: fn(Box<Expr>, Box<Expr>) -> Expr,
+        join: fn(Vec<Expr>) -> Expr,
     ) -> Result<Expr, ExprError> {
-        let mut left = operand(self)?;
-        while is_kw(self.peek(), keyword) {
-            self.pos += 1;
-            left = join(Box::new(left), Box::new(operand(self)?));
+        let first = operand(self)?;
+        if !is_kw(self.peek(), keyword) {
+            return Ok(first);
         }
-        Ok(left)
+        let mut args = vec![first];
+        while is_kw(self.peek(), keyword) {
+            self.terms += 1;
+            if self.terms >= MAX_TERMS {
+                return self.fail(format!(
+                    "the rule has more than {MAX_TERMS} conditions joined by AND / OR; for many alternatives of one field write `field IN ('a', 'b', …)`"
+                ));
+            }
+            self.pos += 1;
+            args.push(operand(self)?);
+        }
+        Ok(join(args))
+    }
+    /// Enters one nesting level (parenthesis, NOT, function call).
+    fn nest(&mut self) -> Result<(), ExprError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return self.fail(format!(
+                "the rule is nested more than {MAX_DEPTH} levels deep (parentheses, NOT and function calls); simplify it"
+            ));
+        }
+        Ok(())
     }
     fn or(&mut self) -> Result<Expr, ExprError> {
-        self.chain("or", Self::and, |left, right| Expr::Or { left, right })
+        self.chain("or", Self::and, |args| Expr::Or { args })
     }
     fn and(&mut self) -> Result<Expr, ExprError> {
-        self.chain("and", Self::not, |left, right| Expr::And { left, right })
+        self.chain("and", Self::not, |args| Expr::And { args })
     }
     fn not(&mut self) -> Result<Expr, ExprError> {
         if is_kw(self.peek(), "not") {
+            self.nest()?;
             self.pos += 1;
-            return Ok(Expr::Not {
-                expr: Box::new(self.not()?),
-            });
+            let expr = Box::new(self.not()?);
+            self.depth -= 1;
+            return Ok(Expr::Not { expr });
         }
         self.cmp()
     }
@@ -402,9 +436,11 @@ impl Parser {
         let at = self.offset();
         match self.peek().clone() {
             Tok::LParen => {
+                self.nest()?;
                 self.pos += 1;
                 let e = self.or()?;
                 self.expect(&Tok::RParen, "`)`")?;
+                self.depth -= 1;
                 Ok(e)
             }
             Tok::Str(_) | Tok::Num(_) => Ok(Expr::Literal {
@@ -442,6 +478,7 @@ impl Parser {
                             ),
                         });
                     };
+                    self.nest()?;
                     let mut args = Vec::new();
                     if self.peek() != &Tok::RParen {
                         args.push(self.or()?);
@@ -451,6 +488,7 @@ impl Parser {
                         }
                     }
                     self.expect(&Tok::RParen, "`)` closing the function call")?;
+                    self.depth -= 1;
                     if args.len() != arity {
                         return Err(ExprError {
                             offset: at,
@@ -512,7 +550,12 @@ fn number(n: &str) -> Option<Literal> {
 /// Parses a predicate. The error's offset points into `text`.
 pub fn parse(text: &str) -> Result<Expr, ExprError> {
     let toks = lex(text)?;
-    let mut p = Parser { toks, pos: 0 };
+    let mut p = Parser {
+        toks,
+        pos: 0,
+        depth: 0,
+        terms: 0,
+    };
     if p.peek() == &Tok::End {
         return p.fail("the rule is empty".into());
     }
@@ -544,12 +587,11 @@ mod tests {
             "percentile >= 80 AND has_factor('days_since_last_purchase') AND loyalty_tier = 'gold'",
         )
         .expect("valid");
-        let Expr::And { left, right } = e else {
-            panic!("and")
-        };
-        assert!(matches!(*left, Expr::And { .. }));
+        let Expr::And { args } = e else { panic!("and") };
+        assert_eq!(args.len(), 3, "one n-ary AND: {args:?}");
+        assert!(matches!(args[1], Expr::Call { .. }));
         assert_eq!(
-            *right,
+            args[2],
             Expr::Compare {
                 op: CmpOp::Eq,
                 left: field("loyalty_tier"),
@@ -561,8 +603,9 @@ mod tests {
         assert!(parse("event_type = 'form_submit' AND form = 'newsletter'").is_ok());
         assert!(parse("bucket = 'high'").is_ok());
         let e = parse("x NOT IN ('a', 'it''s') OR y IS NOT NULL").expect("valid");
-        let Expr::Or { left, right } = e else {
-            panic!("or")
+        let Expr::Or { args } = e else { panic!("or") };
+        let [left, right] = &args[..] else {
+            panic!("two operands: {args:?}")
         };
         assert_eq!(
             *left,
@@ -584,10 +627,41 @@ mod tests {
 
     #[test]
     fn or_binds_looser_than_and() {
-        let Expr::Or { right, .. } = parse("a = 1 OR b = 2 AND c = 3").expect("valid") else {
+        let Expr::Or { args } = parse("a = 1 OR b = 2 AND c = 3").expect("valid") else {
             panic!("or at the top")
         };
-        assert!(matches!(*right, Expr::And { .. }));
+        assert!(matches!(args[..], [Expr::Compare { .. }, Expr::And { .. }]));
+    }
+
+    #[test]
+    fn nesting_and_length_are_bounded_with_a_located_error() {
+        // Within the limits: parsed, n-ary, shallow.
+        let deep = format!("{}a = 1{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
+        assert!(parse(&deep).is_ok());
+        let long = vec!["a = 1"; MAX_TERMS].join(" OR ");
+        let Ok(Expr::Or { args }) = parse(&long) else {
+            panic!("one OR")
+        };
+        assert_eq!(args.len(), MAX_TERMS);
+        // Beyond them (far beyond: what overflowed the stack before), an error at the place
+        // the limit was crossed.
+        let deep = format!("{}a = 1{}", "(".repeat(100_000), ")".repeat(100_000));
+        let e = parse(&deep).expect_err("too deep");
+        assert_eq!(e.offset, MAX_DEPTH, "{e}");
+        assert!(e.message.contains("nested more than 64"), "{e}");
+        let nots = format!("{}a = 1", "NOT ".repeat(10_000));
+        let e = parse(&nots).expect_err("too many NOT");
+        assert!(e.message.contains("nested"), "{e}");
+        let calls = format!("{}'x'{}", "lower(".repeat(10_000), ")".repeat(10_000));
+        assert!(parse(&calls).is_err());
+        let long = vec!["a = 1"; 100_000].join(" OR ");
+        let e = parse(&long).expect_err("too long");
+        assert!(e.message.contains("IN ("), "{e}");
+        // At the OR that crossed it.
+        assert_eq!(
+            e.offset,
+            (MAX_TERMS - 1) * "a = 1 OR ".len() + "a = 1 ".len()
+        );
     }
 
     #[test]

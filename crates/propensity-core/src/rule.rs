@@ -222,10 +222,7 @@ pub fn check(expr: &Expr, attrs: Attributes<'_>) -> Result<(), RuleError> {
 
 fn boolean(e: &Expr, attrs: Attributes<'_>) -> Result<(), RuleError> {
     match e {
-        Expr::And { left, right } | Expr::Or { left, right } => {
-            boolean(left, attrs)?;
-            boolean(right, attrs)
-        }
+        Expr::And { args } | Expr::Or { args } => args.iter().try_for_each(|a| boolean(a, attrs)),
         Expr::Not { expr } => boolean(expr, attrs),
         Expr::IsNull { expr, .. } => value(expr, attrs).map(|_| ()),
         Expr::Literal {

@@ -77,12 +77,14 @@ impl Compiler {
         Ok(coalesce_false(e))
     }
 
+    fn booleans(&mut self, ps: &[P], fields: &dyn Fields) -> Result<Vec<Expr>, String> {
+        ps.iter().map(|p| self.boolean(p, fields)).collect()
+    }
+
     fn boolean(&mut self, p: &P, fields: &dyn Fields) -> Result<Expr, String> {
         Ok(match p {
-            P::And { left, right } => self
-                .boolean(left, fields)?
-                .and(self.boolean(right, fields)?),
-            P::Or { left, right } => self.boolean(left, fields)?.or(self.boolean(right, fields)?),
+            P::And { args } => balanced(self.booleans(args, fields)?, Expr::and),
+            P::Or { args } => balanced(self.booleans(args, fields)?, Expr::or),
             P::Not { expr } => Expr::Not(Box::new(coalesce_false(self.boolean(expr, fields)?))),
             P::IsNull { expr, negated } => {
                 let v = self.value(expr, fields)?;
@@ -420,6 +422,25 @@ fn num(e: Expr) -> Expr {
         Expr::Literal(ScalarValue::Float64(_), _) => e,
         e => datafusion::logical_expr::cast(e, DataType::Float64),
     }
+}
+
+/// `a op b op c …` as a balanced tree: DataFusion walks expressions by recursion, so a long
+/// AND / OR list must not become a chain as deep as it is long.
+fn balanced(mut items: Vec<Expr>, op: fn(Expr, Expr) -> Expr) -> Expr {
+    while items.len() > 1 {
+        let mut next = Vec::with_capacity(items.len().div_ceil(2));
+        let mut it = items.into_iter();
+        while let Some(a) = it.next() {
+            next.push(match it.next() {
+                Some(b) => op(a, b),
+                None => a,
+            });
+        }
+        items = next;
+    }
+    items
+        .pop()
+        .unwrap_or_else(|| datafusion::prelude::lit(true))
 }
 
 /// `coalesce(e, false)`: SQL's unknown is "does not match" here.

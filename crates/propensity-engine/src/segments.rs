@@ -41,10 +41,11 @@ pub fn factors_used(e: &P, out: &mut Vec<String>) {
             }
         }
         P::Call { args, .. } => args.iter().for_each(|a| factors_used(a, out)),
-        P::Compare { left, right, .. } | P::And { left, right } | P::Or { left, right } => {
+        P::Compare { left, right, .. } => {
             factors_used(left, out);
             factors_used(right, out);
         }
+        P::And { args } | P::Or { args } => args.iter().for_each(|a| factors_used(a, out)),
         P::Not { expr } | P::IsNull { expr, .. } | P::InList { expr, .. } => {
             factors_used(expr, out)
         }
@@ -75,13 +76,11 @@ fn rewrite(e: &P) -> P {
             left: b(left),
             right: b(right),
         },
-        P::And { left, right } => P::And {
-            left: b(left),
-            right: b(right),
+        P::And { args } => P::And {
+            args: args.iter().map(rewrite).collect(),
         },
-        P::Or { left, right } => P::Or {
-            left: b(left),
-            right: b(right),
+        P::Or { args } => P::Or {
+            args: args.iter().map(rewrite).collect(),
         },
         P::Not { expr } => P::Not { expr: b(expr) },
         P::IsNull { expr, negated } => P::IsNull {
