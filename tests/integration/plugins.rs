@@ -685,3 +685,50 @@ fn a_requested_field_of_the_wrong_type_is_a_clear_error() {
     );
     assert!(!dir.join("out").join("current.json").exists());
 }
+
+/// The sha256 pin cannot be bypassed through a shared folder: the library mapped into the
+/// process is an anonymous sealed memory copy of exactly the bytes that were hashed, not a
+/// file at a path anyone could pre-create or swap. (It was a copy at a predictable path in
+/// the shared temp folder: with that folder pre-created by another user, a swapped library
+/// ran under a valid pin.) A folder planted at the old path changes nothing.
+#[test]
+#[cfg(target_os = "linux")]
+fn a_pinned_library_is_loaded_from_the_bytes_that_were_hashed() {
+    let dir = temp_dir("plugin-pin-memfd");
+    let original = dir.join(host::library_file_name("pinned_probe"));
+    std::fs::copy(library("funnel_completion"), &original).unwrap_or_else(|e| panic!("{e}"));
+    let pin = host::sha256_file(&original).unwrap_or_default();
+    // The folder the old loader staged copies in, planted with another plugin under the name
+    // the pinned one would get there.
+    let user = std::env::var("USER").unwrap_or_else(|_| "user".into());
+    let planted = std::env::temp_dir().join(format!("propensity-plugins-{user}"));
+    std::fs::create_dir_all(&planted).unwrap_or_else(|e| panic!("{e}"));
+    let swapped = planted.join(format!(
+        "{}-{}",
+        &pin[..16],
+        host::library_file_name("pinned_probe")
+    ));
+    std::fs::copy(library("spend_threshold"), &swapped).unwrap_or_else(|e| panic!("{e}"));
+
+    let plugin = Plugin::load(&original, Some(&pin)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plugin.metadata().name, "funnel_completion");
+    assert_eq!(plugin.sha256(), pin);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let probe: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.contains("pinned_probe"))
+        .collect();
+    assert!(!probe.is_empty(), "the library is not mapped:\n{maps}");
+    assert!(
+        probe
+            .iter()
+            .all(|l| l.contains("/memfd:propensity-plugin:")),
+        "the pinned library is mapped from a file path:\n{}",
+        probe.join("\n")
+    );
+    // Replacing the original after the load changes nothing either.
+    std::fs::copy(library("spend_threshold"), &original).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(plugin.metadata().name, "funnel_completion");
+    let _ = std::fs::remove_file(&swapped);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,10 @@
 //! 1. the library is found (a path, or `lib<name>.so` / `<name>.dll` / `lib<name>.dylib` in
 //!    the plugin directories, in order);
 //! 2. its sha256 equals the job's pin, if any: **before** the library is loaded, so a library
-//!    that does not match never runs code in the process;
+//!    that does not match never runs code in the process. The bytes hashed are the bytes
+//!    loaded: the file is read once, and what is mapped is a sealed anonymous memory copy of
+//!    those bytes (Linux `memfd_create`; elsewhere a fresh `mkdtemp` folder), never a path in a
+//!    shared folder that someone could pre-create or swap;
 //! 3. `propensity_plugin_abi_version()` equals [`ABI_VERSION`]: before any other call;
 //! 4. its metadata names the goal type the job asked for.
 //!
@@ -236,14 +239,21 @@ impl Plugin {
             ))
             .hint("restart the process to use the new build"));
         }
-        // The bytes hashed are the bytes loaded: a private copy named by its hash, so a file
-        // replaced between the check and the load (or overwritten in place later) changes
-        // nothing in this process.
-        let private = private_copy(&canonical, &sha256, &bytes)?;
-        let lib = open(&private).map_err(|e| {
+        // The bytes hashed are the bytes loaded (see `stage`): a file replaced between the
+        // check and the load, or overwritten in place later, changes nothing in this process.
+        let staged = stage(&canonical, &bytes)?;
+        let lib = open(&staged.path);
+        if let Some(dir) = &staged.cleanup {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        let lib = lib.map_err(|e| {
             PluginError::new(format!("cannot load plugin library `{shown}`: {e}"))
                 .hint("a goal plugin is a `cdylib` built for this platform with the propensity-plugin SDK")
         })?;
+        // The memory file stays open as long as the library is mapped: for ever.
+        if let Some(file) = staged.keep {
+            std::mem::forget(file);
+        }
         // SAFETY: the symbol, when present, is the SDK's `extern "C" fn() -> u32`; the name
         // is reserved for it.
         let version: libloading::Symbol<'static, extern "C" fn() -> u32> =
@@ -449,15 +459,116 @@ impl Plugin {
     }
 }
 
-/// Writes `bytes` (hashing to `sha256`) to a private folder, once, and returns that file: the
-/// library loaded is then exactly the one hashed.
-fn private_copy(original: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, PluginError> {
-    let dir = std::env::temp_dir().join(format!("propensity-plugins-{}", user_tag()));
+/// The pinned bytes, staged where no one else can change them, and the path to load them by.
+struct Staged {
+    path: PathBuf,
+    /// Kept open for the life of the process (the library is never unloaded): the loader
+    /// knows a library by its path, so `/proc/self/fd/N` must never name another file.
+    keep: Option<std::fs::File>,
+    /// A private folder to remove once the library is mapped.
+    cleanup: Option<PathBuf>,
+}
+
+/// Stages `bytes` (the bytes that were hashed) for loading, so that the library loaded is
+/// exactly the one hashed, whatever happens to the original file or to shared folders.
+///
+/// On Linux the bytes go to an anonymous, sealed memory file (`memfd_create`, then
+/// `F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL`) loaded through
+/// `/proc/self/fd/N`: no path exists that another user, or this one, could swap, and it works
+/// with a read-only `/tmp`. Elsewhere, or where memory files are refused, they go to a fresh
+/// folder made by `mkdtemp` (mode 0700, an unpredictable name, so it cannot be pre-created)
+/// and a file created with `O_EXCL | O_NOFOLLOW`, both removed once the library is mapped.
+fn stage(original: &Path, bytes: &[u8]) -> Result<Staged, PluginError> {
     let name = original
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| library_file_name("plugin"));
-    let path = dir.join(format!("{}-{name}", &sha256[..16]));
+    #[cfg(target_os = "linux")]
+    if let Ok(file) = memory_file(&name, bytes) {
+        use std::os::fd::AsRawFd;
+        return Ok(Staged {
+            path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            keep: Some(file),
+            cleanup: None,
+        });
+    }
+    private_folder(original, &name, bytes)
+}
+
+#[cfg(target_os = "linux")]
+fn memory_file(name: &str, bytes: &[u8]) -> std::io::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let label = std::ffi::CString::new(format!("propensity-plugin:{name}"))
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `label` is a NUL-terminated string that outlives the call.
+    let fd =
+        unsafe { libc::memfd_create(label.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by memfd_create and is owned by nothing else.
+    let mut file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.write_all(bytes)?;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on a file descriptor this function owns.
+    if unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+#[cfg(unix)]
+fn private_folder(original: &Path, name: &str, bytes: &[u8]) -> Result<Staged, PluginError> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::OpenOptionsExt;
+    let base = std::env::temp_dir();
+    let fail = |e: std::io::Error| {
+        PluginError::new(format!(
+            "cannot stage plugin library `{}` in {}: {e}",
+            original.display(),
+            base.display()
+        ))
+        .hint("set TMPDIR to a writable folder")
+    };
+    let template = base.join("propensity-plugin-XXXXXX");
+    let mut template = std::ffi::CString::new(template.as_os_str().as_bytes())
+        .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?
+        .into_bytes_with_nul();
+    // SAFETY: `template` is a writable NUL-terminated buffer ending in XXXXXX, as mkdtemp needs.
+    let made = unsafe { libc::mkdtemp(template.as_mut_ptr().cast()) };
+    if made.is_null() {
+        return Err(fail(std::io::Error::last_os_error()));
+    }
+    template.pop();
+    let dir = PathBuf::from(std::ffi::OsStr::from_bytes(&template));
+    let path = dir.join(name);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o500)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .and_then(|mut f| f.write_all(bytes));
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(fail(e));
+    }
+    Ok(Staged {
+        path,
+        keep: None,
+        cleanup: Some(dir),
+    })
+}
+
+#[cfg(not(unix))]
+fn private_folder(original: &Path, name: &str, bytes: &[u8]) -> Result<Staged, PluginError> {
+    let dir = std::env::temp_dir().join(format!(
+        "propensity-plugin-{}-{}",
+        std::process::id(),
+        sha256_hex(bytes)
+    ));
     let fail = |e: std::io::Error| {
         PluginError::new(format!(
             "cannot stage plugin library `{}` in {}: {e}",
@@ -465,22 +576,19 @@ fn private_copy(original: &Path, sha256: &str, bytes: &[u8]) -> Result<PathBuf, 
             dir.display()
         ))
     };
-    if path.is_file() && sha256_file(&path).ok().as_deref() == Some(sha256) {
-        return Ok(path);
-    }
-    std::fs::create_dir_all(&dir).map_err(fail)?;
-    // Written under a unique name, then renamed: a concurrent process never loads half.
-    let tmp = dir.join(format!(".{}-{}.tmp", std::process::id(), &sha256[..16]));
-    std::fs::write(&tmp, bytes).map_err(fail)?;
-    std::fs::rename(&tmp, &path).map_err(fail)?;
-    Ok(path)
-}
-
-/// Separates users sharing a temp folder (one user's copies are not another's to load).
-fn user_tag() -> String {
-    std::env::var("USER")
-        .or_else(|_| std::env::var("USERNAME"))
-        .unwrap_or_else(|_| "user".into())
+    std::fs::create_dir(&dir).map_err(fail)?;
+    let path = dir.join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, bytes))
+        .map_err(fail)?;
+    Ok(Staged {
+        path,
+        keep: None,
+        cleanup: None,
+    })
 }
 
 /// Loads a library, resolving every symbol now (a missing one fails the load, not a later
