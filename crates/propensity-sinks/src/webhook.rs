@@ -8,9 +8,9 @@
 //! at a time, then one completion event once every data event was delivered:
 //!
 //! ```text
-//! {"type": "propensity.scores", "job", "publication", "run_id", "as_of",
+//! {"type": "propensity.scores", "job", "publication", "as_of",
 //!  "batch": k (0-based), "batches": n, "profiles": [score row, …]}
-//! {"type": "propensity.publication.completed", "job", "publication", "run_id", "as_of",
+//! {"type": "propensity.publication.completed", "job", "publication", "as_of",
 //!  "batches": n, "rows": R, "segments": [segment name, …]}
 //! ```
 //!
@@ -21,7 +21,8 @@
 //! - `Idempotency-Key` and `webhook-id`: `<publication>-<k:05>` for data event `k`,
 //!   `<publication>-completed` for the completion event. Publication ids are content-derived,
 //!   so the same content always gets the same key and a receiver drops repeats (retries,
-//!   re-runs and replays);
+//!   re-runs and replays). Key and body are a pure function of the publication: nothing of
+//!   the run that sent it (its run id, its time) is in them, so a repeat is byte-identical;
 //! - `webhook-timestamp`: unix seconds of this attempt;
 //! - `webhook-signature: v1,<base64 HMAC-SHA256(secret, "<id>.<timestamp>.<body>")>` when a
 //!   signing secret is configured (`whsec_<base64>`, or raw bytes without the prefix);
@@ -86,6 +87,9 @@ const RESERVED_HEADERS: &[&str] = &[
 
 /// How much of a refusing receiver's answer is kept with the batch: enough to see why.
 const SNIPPET_CHARS: usize = 200;
+/// At most this much of an error answer's body is read: the message keeps a snippet of it,
+/// and a receiver answering with gigabytes must not make a run hold them.
+const ERROR_BODY_BYTES: usize = 4096;
 
 /// The file name of the kept completion event.
 const COMPLETED_FILE: &str = "completed.json";
@@ -486,7 +490,7 @@ impl WebhookSink {
             return Ok(Attempt::Delivered);
         }
         let retry_after = retry_after(response.headers());
-        let text = response.text().await.unwrap_or_default();
+        let text = read_capped(response, ERROR_BODY_BYTES).await;
         let error = describe_status(status, &text);
         let retryable = matches!(status.as_u16(), 408 | 425 | 429) || status.is_server_error();
         Ok(if retryable {
@@ -521,7 +525,6 @@ impl WebhookSink {
             "type": "propensity.scores",
             "job": p.job,
             "publication": p.id,
-            "run_id": p.run_id,
             "as_of": p.as_of,
             "batch": k,
             "batches": n,
@@ -538,7 +541,6 @@ impl WebhookSink {
             "type": "propensity.publication.completed",
             "job": p.job,
             "publication": p.id,
-            "run_id": p.run_id,
             "as_of": p.as_of,
             "batches": n,
             "rows": total,
@@ -856,6 +858,19 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// `HTTP 400 Bad Request: <start of the answer>`.
+/// The first `cap` bytes of a response's body (lossy UTF-8); the rest is never read, and the
+/// connection is dropped with the response.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < cap {
+        match response.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(cap - buf.len())]),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 fn describe_status(status: StatusCode, text: &str) -> String {
     let snippet: String = text
         .split_whitespace()
@@ -1058,6 +1073,8 @@ mod tests {
         status: u16,
         headers: Vec<(&'static str, String)>,
         body: &'static str,
+        /// Bytes of filler after `body` (announced in content-length).
+        filler: usize,
         delay: Duration,
     }
 
@@ -1066,6 +1083,7 @@ mod tests {
             status,
             headers: vec![],
             body: "",
+            filler: 0,
             delay: Duration::ZERO,
         }
     }
@@ -1092,6 +1110,8 @@ mod tests {
     struct Receiver {
         port: u16,
         log: Arc<Mutex<Vec<Seen>>>,
+        /// Response bytes the client accepted (the write did not fail).
+        written: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     impl Receiver {
@@ -1100,13 +1120,14 @@ mod tests {
             let port = listener.local_addr().unwrap().port();
             let log = Arc::new(Mutex::new(Vec::new()));
             let script = Arc::new(Mutex::new(VecDeque::from(script)));
-            let (log2, script2) = (log.clone(), script.clone());
+            let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let (log2, script2, written2) = (log.clone(), script.clone(), written.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((mut stream, _)) = listener.accept().await else {
                         return;
                     };
-                    let (log, script) = (log2.clone(), script2.clone());
+                    let (log, script, written) = (log2.clone(), script2.clone(), written2.clone());
                     tokio::spawn(async move {
                         let mut buf = Vec::new();
                         let mut chunk = [0u8; 8192];
@@ -1151,19 +1172,31 @@ mod tests {
                         let mut out = format!(
                             "HTTP/1.1 {} Scripted\r\ncontent-length: {}\r\nconnection: close\r\n",
                             r.status,
-                            r.body.len()
+                            r.body.len() + r.filler
                         );
                         for (k, v) in &r.headers {
                             out.push_str(&format!("{k}: {v}\r\n"));
                         }
                         out.push_str("\r\n");
                         out.push_str(r.body);
-                        let _ = stream.write_all(out.as_bytes()).await;
+                        if stream.write_all(out.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let filler = vec![b'x'; 64 * 1024];
+                        let mut left = r.filler;
+                        while left > 0 {
+                            let k = left.min(filler.len());
+                            if stream.write_all(&filler[..k]).await.is_err() {
+                                return;
+                            }
+                            written.fetch_add(k, std::sync::atomic::Ordering::Relaxed);
+                            left -= k;
+                        }
                         let _ = stream.shutdown().await;
                     });
                 }
             });
-            Self { port, log }
+            Self { port, log, written }
         }
 
         fn seen(&self) -> Vec<Seen> {
@@ -1405,7 +1438,7 @@ mod tests {
             let body = req.json();
             assert_eq!(body["job"], "demo");
             assert_eq!(body["publication"], PUB);
-            assert_eq!(body["run_id"], "run-1");
+            assert!(body.get("run_id").is_none(), "{body}");
             assert_eq!(body["as_of"], "2024-01-02T00:00:00Z");
             assert_eq!(body["batches"], 3);
             if k < 3 {
@@ -1429,6 +1462,30 @@ mod tests {
         assert_eq!(record["publication"], PUB);
         assert!(kept_files(&dir, PUB).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A re-run of the same publication (another run id, another state directory, so it is
+    /// sent again) sends the same keys with the same bytes: a receiver's idempotency check
+    /// never sees one key with two bodies.
+    #[tokio::test]
+    async fn a_rerun_sends_the_same_keys_with_the_same_bytes() {
+        let rx = Receiver::start(vec![]).await;
+        let (one, two) = (state_dir("rerun-1"), state_dir("rerun-2"));
+        let s = sink(rx.port, policy());
+        let first = publication(&one, PUB, &["p1", "p2", "p3"]);
+        let mut second = publication(&two, PUB, &["p1", "p2", "p3"]);
+        second.run_id = "run-2".to_owned();
+        assert_eq!(s.publish(&first).await.unwrap().status, Status::Published);
+        assert_eq!(s.publish(&second).await.unwrap().status, Status::Published);
+        let seen = rx.seen();
+        assert_eq!(seen.len(), 6);
+        let (a, b) = seen.split_at(3);
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x.key(), y.key());
+            assert_eq!(x.body, y.body, "key {} sent with two bodies", x.key());
+        }
+        std::fs::remove_dir_all(&one).unwrap();
+        std::fs::remove_dir_all(&two).unwrap();
     }
 
     #[tokio::test]
@@ -1523,6 +1580,38 @@ mod tests {
         assert!(kept.last_error.contains("400"), "{}", kept.last_error);
         assert_eq!(kept.body, rx.seen()[0].body);
         assert!(!dir.join("outbox/crm/delivered.json").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A receiver answering an error with a huge body costs a few KB, not the body: only
+    /// the start of it is read, and the connection is dropped (a 4 GB answer drove a run past
+    /// 3.5 GB of memory).
+    #[tokio::test]
+    async fn an_error_answer_is_read_only_as_far_as_its_snippet() {
+        const HUGE: usize = 512 << 20;
+        let mut huge = reply(500);
+        huge.body = "overloaded ";
+        huge.filler = HUGE;
+        let rx = Receiver::start(vec![huge]).await;
+        let dir = state_dir("huge");
+        let mut p = policy();
+        p.max_attempts = 1;
+        p.timeout = Duration::from_secs(60);
+        let s = sink(rx.port, p);
+        let out = s
+            .publish(&publication(&dir, PUB, &["p1", "p2"]))
+            .await
+            .unwrap();
+        assert_eq!(out.status, Status::Failed);
+        let detail = out.detail.unwrap();
+        assert!(detail.contains("HTTP 500"), "{detail}");
+        assert!(detail.contains("overloaded xxx"), "{detail}");
+        // What the socket buffers take before the client hangs up, nowhere near the body.
+        let written = rx.written.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            written < 64 << 20,
+            "the client took {written} bytes of {HUGE}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
