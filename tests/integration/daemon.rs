@@ -191,6 +191,25 @@ impl Daemon {
         Some((status, body))
     }
 
+    /// A request with exactly the header lines given (each ending in `\r\n`): status only.
+    fn raw(&self, method: &str, path: &str, headers: &str, body: &str) -> u16 {
+        let mut s =
+            TcpStream::connect(("127.0.0.1", self.port)).unwrap_or_else(|e| panic!("connect: {e}"));
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        let _ = write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        String::from_utf8_lossy(&raw)
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn try_get(&self, path: &str) -> Option<(u16, String)> {
         self.request("GET", path, None, self.token.as_deref())
     }
@@ -809,6 +828,93 @@ params = { mode = "segfault" }"#;
         1.0,
         "{m}"
     );
+}
+
+/// Without a token the API is for local tools only: a DNS-rebound `Host`, a cross-site
+/// `Origin` or a form-type body (what a web page can send without a CORS preflight) is
+/// refused; triggered runs are capped per job, and a waiting one can be cancelled.
+#[test]
+fn the_tokenless_api_refuses_browsers_caps_triggers_and_cancels() {
+    let dir = temp_dir("daemon-browser");
+    let jobs = dir.join("jobs");
+    let out = dir.join("out");
+    std::fs::create_dir_all(&jobs).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        jobs.join("manual.toml"),
+        job("manual", "0 0 0 1 1 *", &out, "", None),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let state = dir.join("state");
+    let d = Daemon::start(&jobs, &state, "d", &[]);
+    let jobs_url = "/api/v1/jobs";
+    let runs = "/api/v1/jobs/manual/runs";
+    let local = format!("Host: 127.0.0.1:{}\r\n", d.port);
+    // Reads: a loopback Host only.
+    assert_eq!(d.raw("GET", jobs_url, &local, ""), 200);
+    assert_eq!(d.raw("GET", jobs_url, "Host: localhost\r\n", ""), 200);
+    assert_eq!(d.raw("GET", jobs_url, "Host: [::1]:80\r\n", ""), 200);
+    assert_eq!(
+        d.raw("GET", jobs_url, "Host: rebound.attacker.example\r\n", ""),
+        403
+    );
+    assert_eq!(
+        d.raw("GET", "/healthz", "Host: rebound.attacker.example\r\n", ""),
+        403
+    );
+    // Changes: JSON only, from no other site.
+    let body = r#"{"kind": "score"}"#;
+    let plain = format!("{local}Content-Type: text/plain\r\n");
+    assert_eq!(d.raw("POST", runs, &plain, body), 415);
+    assert_eq!(d.raw("POST", runs, &local, ""), 415);
+    let foreign =
+        format!("{local}Content-Type: application/json\r\nOrigin: https://attacker.example\r\n");
+    assert_eq!(d.raw("POST", runs, &foreign, body), 403);
+    let fetch = format!("{local}Content-Type: application/json\r\nSec-Fetch-Site: cross-site\r\n");
+    assert_eq!(d.raw("POST", runs, &fetch, body), 403);
+    let same = format!(
+        "{local}Content-Type: application/json\r\nOrigin: http://127.0.0.1:{}\r\n",
+        d.port
+    );
+    assert_eq!(d.raw("POST", runs, &same, body), 202);
+    // None of the refused ones was recorded.
+    assert_eq!(d.runs("manual").len(), 1, "{:?}", d.runs("manual"));
+
+    // At most four triggered runs wait at once.
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        urls.push(
+            d.trigger("manual", "score")["url"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let json = format!("{local}Content-Type: application/json\r\n");
+    assert_eq!(d.raw("POST", runs, &json, body), 429);
+    // Cancel the newest: it ends `cancelled` without running; then the cap has room again.
+    let last = urls.pop().unwrap_or_default();
+    assert_eq!(d.raw("DELETE", &last, &json, ""), 202);
+    let done = d.finished(&last, Duration::from_secs(60));
+    assert_eq!(done["run"]["final_outcome"], "cancelled", "{done}");
+    let msg = done["run"]["attempts"][0]["message"].to_string();
+    assert!(msg.contains("cancelled"), "{done}");
+    assert_eq!(d.raw("DELETE", &last, &json, ""), 409);
+    assert_eq!(
+        d.raw(
+            "DELETE",
+            "/api/v1/jobs/manual/runs/score/2020-01-01T00:00:00Z",
+            &json,
+            ""
+        ),
+        404
+    );
+    assert_eq!(d.raw("POST", runs, &json, body), 202);
+    // The others run to the end.
+    for url in &urls {
+        let done = d.finished(url, Duration::from_secs(120));
+        assert_eq!(done["run"]["final_outcome"], "succeeded", "{done}");
+    }
 }
 
 #[test]

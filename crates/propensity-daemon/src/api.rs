@@ -13,7 +13,15 @@
 //! | GET | `/api/v1/jobs/{job}/runs?limit=N` | its latest occurrences (default 50) |
 //! | POST | `/api/v1/jobs/{job}/runs` | trigger a run now; body `{"kind": "score"}` or `"train"` |
 //! | GET | `/api/v1/jobs/{job}/runs/{kind}/{scheduled_at}` | one occurrence with its run report and model card |
+//! | DELETE | `/api/v1/jobs/{job}/runs/{kind}/{scheduled_at}` | cancel it: dropped from the queue, or its running attempt stopped |
 //! | GET | `/api/v1/jobs/{job}/profiles/{profile_id}` | a profile's latest score and reasons |
+//!
+//! A web page in a browser on the same machine must not be able to use the API. A `POST` or
+//! `DELETE` must say `Content-Type: application/json` (a cross-site form or `text/plain`
+//! fetch cannot, without a CORS preflight this API never grants) and is refused when its
+//! `Origin` is another site. Without a token (loopback only) the `Host` must also name a
+//! loopback address, so a DNS-rebound name cannot read scores. At most
+//! [`MAX_MANUAL_QUEUED`] triggered runs of a job may wait at once.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -63,6 +71,10 @@ fn internal(m: impl std::fmt::Display) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, m.to_string())
 }
 
+/// Triggered (`manual`) occurrences of one job that may be waiting or running at once; the
+/// next trigger is refused with 429 until one ends or is cancelled.
+pub const MAX_MANUAL_QUEUED: usize = 4;
+
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -70,7 +82,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/jobs", get(jobs))
         .route("/api/v1/jobs/{job}", get(job))
         .route("/api/v1/jobs/{job}/runs", get(runs).post(trigger))
-        .route("/api/v1/jobs/{job}/runs/{kind}/{scheduled_at}", get(run))
+        .route(
+            "/api/v1/jobs/{job}/runs/{kind}/{scheduled_at}",
+            get(run).delete(cancel),
+        )
         .route("/api/v1/jobs/{job}/profiles/{profile_id}", get(profile))
         .layer(middleware::from_fn_with_state(api.clone(), auth))
         .with_state(api)
@@ -90,7 +105,69 @@ fn authorised(api: &Api, headers: &HeaderMap) -> bool {
         .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
 }
 
+fn forbidden(m: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::FORBIDDEN, m.into())
+}
+
+/// `localhost`, `127.0.0.1`, `[::1]` or another loopback address, with or without a port.
+fn loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The browser checks: `Host` (without a token), `Origin` and `Content-Type` (changes).
+fn browser_check(api: &Api, req: &Request) -> Result<(), ApiError> {
+    let h = req.headers();
+    let text = |name: header::HeaderName| h.get(name).and_then(|v| v.to_str().ok());
+    let host = text(header::HOST).unwrap_or_default();
+    if api.token.is_none() && !loopback_host(host) {
+        return Err(forbidden(format!(
+            "Host `{host}` is not a loopback address: without PROPENSITY_API_TOKEN the API answers only requests to localhost, 127.0.0.1 or [::1]"
+        )));
+    }
+    let changes = !matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if !changes {
+        return Ok(());
+    }
+    if let Some(origin) = text(header::ORIGIN) {
+        let origin_host = origin.split_once("://").map_or("", |(_, rest)| rest);
+        if origin == "null" || !origin_host.eq_ignore_ascii_case(host) {
+            return Err(forbidden(format!(
+                "cross-site request refused (Origin `{origin}`, Host `{host}`)"
+            )));
+        }
+    }
+    if text(header::HeaderName::from_static("sec-fetch-site")) == Some("cross-site") {
+        return Err(forbidden("cross-site request refused (Sec-Fetch-Site)"));
+    }
+    let json = text(header::CONTENT_TYPE).is_some_and(|c| {
+        c.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    });
+    if !json {
+        return Err(ApiError(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send `Content-Type: application/json` (curl: -H 'Content-Type: application/json')"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
 async fn auth(State(api): St, req: Request, next: Next) -> Response {
+    if let Err(refused) = browser_check(&api, &req) {
+        return refused.into_response();
+    }
     if req.uri().path() == "/healthz" || authorised(&api, req.headers()) {
         return next.run(req).await;
     }
@@ -283,7 +360,6 @@ async fn trigger(
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     entry(&api, &name)?;
-    // The body is read as JSON whatever its Content-Type (`curl -d` sends a form type).
     let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
         TriggerBody::default()
     } else {
@@ -317,11 +393,25 @@ async fn trigger(
     // Millisecond precision: the key is easy to write in a URL.
     let now = Utc::now();
     let at = DateTime::from_timestamp_millis(now.timestamp_millis()).unwrap_or(now);
-    api.ledger
-        .lock()
+    let mut ledger = api.ledger.lock().map_err(internal)?;
+    let waiting = ledger
+        .pending()
         .map_err(internal)?
+        .into_iter()
+        .filter(|o| o.job == name && o.origin == "manual")
+        .count();
+    if waiting >= MAX_MANUAL_QUEUED {
+        return Err(ApiError(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{waiting} triggered runs of `{name}` are already waiting or running (at most {MAX_MANUAL_QUEUED}); wait for one to end, or cancel one with DELETE /api/v1/jobs/{name}/runs/KIND/SCHEDULED_AT"
+            ),
+        ));
+    }
+    ledger
         .record_due_as(&name, kind, at, "manual")
         .map_err(internal)?;
+    drop(ledger);
     let at_s = ts(at);
     Ok((
         StatusCode::ACCEPTED,
@@ -334,6 +424,59 @@ async fn trigger(
     ))
 }
 
+/// `kind` and `scheduled_at` of an occurrence's URL.
+fn occurrence_key(kind: &str, at: &str) -> Result<(RunKind, DateTime<Utc>), ApiError> {
+    let kind: RunKind = kind.parse().map_err(|()| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("unknown kind `{kind}`: use score or train"),
+        )
+    })?;
+    let at = DateTime::parse_from_rfc3339(at)
+        .map_err(|e| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("`{at}` is not an RFC 3339 time: {e}"),
+            )
+        })?
+        .with_timezone(&Utc);
+    Ok((kind, at))
+}
+
+/// Cancels an occurrence that has not ended: the leading daemon drops it from its queue, or
+/// stops its running attempt, within a second or two (`GET` the same URL to see it end).
+async fn cancel(
+    State(api): St,
+    UrlPath((name, kind, at)): UrlPath<(String, String, String)>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (kind, at) = occurrence_key(&kind, &at)?;
+    let answer = api
+        .ledger
+        .lock()
+        .map_err(internal)?
+        .request_cancel(&name, kind, at, Utc::now())
+        .map_err(internal)?;
+    match answer {
+        None => Err(not_found(format!(
+            "the ledger has no {kind} run of `{name}` scheduled at {}",
+            ts(at)
+        ))),
+        Some(Some(outcome)) => Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("this run already ended: {outcome}"),
+        )),
+        Some(None) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({
+                "job": name,
+                "kind": kind,
+                "scheduled_at": ts(at),
+                "status": "cancelling",
+            })),
+        )),
+    }
+}
+
 fn read_json(path: &Path) -> Option<Value> {
     std::fs::read(path)
         .ok()
@@ -344,20 +487,7 @@ async fn run(
     State(api): St,
     UrlPath((name, kind, at)): UrlPath<(String, String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let kind: RunKind = kind.parse().map_err(|()| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("unknown kind `{kind}`: use score or train"),
-        )
-    })?;
-    let at = DateTime::parse_from_rfc3339(&at)
-        .map_err(|e| {
-            ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("`{at}` is not an RFC 3339 time: {e}"),
-            )
-        })?
-        .with_timezone(&Utc);
+    let (kind, at) = occurrence_key(&kind, &at)?;
     let occ = api
         .ledger
         .lock()

@@ -121,6 +121,10 @@ CREATE TABLE IF NOT EXISTS publications (
     PRIMARY KEY (occurrence_id, attempt_no, sink),
     FOREIGN KEY (occurrence_id, attempt_no) REFERENCES attempts (occurrence_id, attempt_no)
 );
+CREATE TABLE IF NOT EXISTS cancel_requests (
+    occurrence_id INTEGER PRIMARY KEY REFERENCES occurrences (id),
+    requested_at  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lease (
     id         INTEGER PRIMARY KEY CHECK (id = 1),
     holder     TEXT,
@@ -1046,6 +1050,49 @@ impl Ledger {
                 params![job, kind.as_str(), at],
             )?;
             Ok(found.into_iter().next())
+        })
+    }
+
+    /// Asks for an occurrence that has not ended to be cancelled (the API's `DELETE`): the
+    /// leading daemon, whichever process it is, drops it from its queue or stops its run.
+    /// Returns `None` when the ledger has no such occurrence, `Some(Some(outcome))` when it
+    /// has already ended, `Some(None)` when the request was recorded.
+    pub fn request_cancel(
+        &mut self,
+        job: &str,
+        kind: RunKind,
+        scheduled_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Option<RunOutcome>>, LedgerError> {
+        let at = ts(scheduled_at);
+        let key = Key { job, kind, at: &at };
+        self.write(Some(&key), |tx| {
+            let Some((id, fin)) = find_occurrence(tx, job, kind, &at)? else {
+                return Ok(None);
+            };
+            if fin.is_some() {
+                return Ok(Some(fin));
+            }
+            tx.execute(
+                "INSERT OR IGNORE INTO cancel_requests (occurrence_id, requested_at) VALUES (?1, ?2)",
+                params![id, ts(now)],
+            )?;
+            Ok(Some(None))
+        })
+    }
+
+    /// The occurrences asked to be cancelled that have not ended yet (job, kind, time).
+    pub fn cancel_requests(&self) -> Result<Vec<(String, RunKind, DateTime<Utc>)>, LedgerError> {
+        self.read(|tx| {
+            let found = load_where(
+                tx,
+                "final_outcome IS NULL AND id IN (SELECT occurrence_id FROM cancel_requests)",
+                [],
+            )?;
+            Ok(found
+                .into_iter()
+                .map(|o| (o.job, o.kind, o.scheduled_at))
+                .collect())
         })
     }
 

@@ -203,7 +203,7 @@ impl Launcher for ChildLauncher {
             h.killed = Some((
                 RunOutcome::Cancelled,
                 match why {
-                    Stop::Cancel => "cancelled: a newer occurrence replaced it (`overlap = \"cancel_previous\"`) or the job was removed".into(),
+                    Stop::Cancel => "cancelled: a newer occurrence replaced it (`overlap = \"cancel_previous\"`), the job was removed, or the API cancelled it".into(),
                     Stop::Shutdown => "cancelled: the daemon was stopping; the occurrence runs again when the daemon starts".into(),
                 },
             ));

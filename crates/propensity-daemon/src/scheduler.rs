@@ -545,6 +545,7 @@ where
             return;
         }
         self.last_pending = Some(now);
+        self.apply_cancels(now);
         let pending = match self.ledger.pending() {
             Ok(p) => p,
             Err(e) => return self.fenced(&e),
@@ -669,10 +670,73 @@ where
         }
     }
 
+    /// Cancels what the API asked to cancel: a running attempt is stopped (and ends
+    /// `cancelled`, not retried); a queued, buffered or retry-waiting occurrence, or one not
+    /// yet picked up, ends `cancelled` without running.
+    fn apply_cancels(&mut self, now: DateTime<Utc>) {
+        let requests = match self.ledger.cancel_requests() {
+            Ok(r) => r,
+            Err(e) => return self.fenced(&e),
+        };
+        const WHY: &str = "not run: cancelled through the API";
+        for (name, kind, at) in requests {
+            let same = |d: &Due| d.kind == kind && d.at == at;
+            let Some(st) = self.jobs.get_mut(&name) else {
+                continue;
+            };
+            match &mut st.active {
+                Some(Active::Running {
+                    due,
+                    handle,
+                    stopping,
+                    ..
+                }) if same(due) => {
+                    if stopping.is_none() {
+                        tracing::info!(job = %name, kind = %kind, at = %at, "cancelling the running attempt (API)");
+                        self.launcher.stop(handle, Stop::Cancel);
+                        *stopping = Some(Stop::Cancel);
+                    }
+                    continue;
+                }
+                Some(Active::Retrying { due, .. }) if same(due) => {
+                    if let Some(Active::Retrying { due, .. }) = st.active.take() {
+                        self.cancel_with(&name, &due, now, WHY);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            let due = if let Some(i) = st.queue.iter().position(same) {
+                st.queue.remove(i)
+            } else if st.buffered.as_ref().is_some_and(same) {
+                st.buffered.take()
+            } else {
+                None
+            };
+            let due = due.unwrap_or(Due {
+                kind,
+                at,
+                origin: "manual".into(),
+                tries: 0,
+            });
+            tracing::info!(job = %name, kind = %kind, at = %at, "cancelled before it ran (API)");
+            self.cancel_with(&name, &due, now, WHY);
+        }
+    }
+
     /// An occurrence that was waiting for a retry, or queued and never started, is
     /// replaced by a newer one (`overlap = "cancel_previous"`): it ends `cancelled`, with
     /// an attempt that records why.
     fn cancel_waiting(&mut self, name: &str, due: &Due, now: DateTime<Utc>) {
+        self.cancel_with(
+            name,
+            due,
+            now,
+            "not run: a newer occurrence replaced it (`overlap = \"cancel_previous\"`)",
+        );
+    }
+
+    fn cancel_with(&mut self, name: &str, due: &Due, now: DateTime<Utc>, why: &str) {
         let Some(tok) = self.token else { return };
         match self.ledger.start_attempt(name, due.kind, due.at, tok, now) {
             Ok(Some(no)) => {
@@ -683,9 +747,7 @@ where
                     no,
                     tok,
                     RunOutcome::Cancelled,
-                    Some(
-                        "not run: a newer occurrence replaced it (`overlap = \"cancel_previous\"`)",
-                    ),
+                    Some(why),
                     true,
                     now,
                 ) {
