@@ -763,6 +763,48 @@ fn future_events_are_set_aside() {
     );
 }
 
+/// A profile id no sink can key a row by (a NUL, a line break, over 1024 bytes: PostgreSQL
+/// refused them and stopped publishing for good) is set aside when the events are read,
+/// counted with examples, and never reaches scoring or a sink.
+#[test]
+fn unusable_profile_ids_are_set_aside_and_counted() {
+    let rt = runtime();
+    let dir = temp_dir("bad-ids");
+    let long = "x".repeat(3000);
+    let json = [
+        r#"{"profile_id":"a","ts":"2026-05-01T00:00:00Z","kind":"view","amount":1}"#.to_owned(),
+        r#"{"profile_id":"nul\u0000id","ts":"2026-05-02T00:00:00Z","kind":"view"}"#.to_owned(),
+        r#"{"profile_id":"two\nlines","ts":"2026-05-03T00:00:00Z","kind":"view"}"#.to_owned(),
+        format!(r#"{{"profile_id":"{long}","ts":"2026-05-04T00:00:00Z","kind":"view"}}"#),
+        r#"{"profile_id":"b","ts":"2026-05-05T00:00:00Z","kind":"buy"}"#.to_owned(),
+    ]
+    .join("\n");
+    let path = write(&dir, "events.ndjson", &json);
+    let l = rt
+        .block_on(load(
+            &flat_job(&path, "max_invalid_fraction = 0.9"),
+            &dir,
+            &[],
+            t("2026-05-21T00:00:00Z"),
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c = &l.report.events.counts;
+    assert_eq!(c.unusable_profile_id, 3, "{c:?}");
+    assert_eq!(c.invalid(), 3);
+    assert_eq!(c.events_kept, 2);
+    let mut ids = l.store.profile_ids.clone();
+    ids.sort();
+    assert_eq!(ids, ["a", "b"]);
+    assert!(c.unusable_profile_id_examples[0].contains(r#""nul\0id""#), "{c:?}");
+    let warning = l
+        .report
+        .warnings
+        .iter()
+        .find(|f| f.code == "unusable-profile-ids")
+        .unwrap_or_else(|| panic!("no warning: {:?}", l.report.warnings));
+    assert!(warning.message.contains("3 events"), "{}", warning.message);
+}
+
 fn demo_job_on(dir: &Path, tweak: impl Fn(String) -> String) -> String {
     let text = std::fs::read_to_string(
         propensity_tests::repo_root().join("jobs/conversion-purchase-30d.toml"),

@@ -232,6 +232,14 @@ fn write_text(
         n(c.null_event_type),
         n(c.future_events)
     )?;
+    if c.unusable_profile_id > 0 {
+        writeln!(
+            out,
+            "  unusable profile ids   {} (over 1024 bytes or with control characters, e.g. {})",
+            n(c.unusable_profile_id),
+            c.unusable_profile_id_examples.join(", ")
+        )?;
+    }
     writeln!(out, "  excluded by the job    {}", n(c.excluded_events))?;
     if c.duplicate_events > 0 {
         writeln!(

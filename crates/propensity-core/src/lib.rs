@@ -13,6 +13,7 @@
 pub mod duration;
 pub mod enums;
 pub mod expr;
+pub mod id;
 pub mod job;
 pub mod rule;
 pub mod secret;

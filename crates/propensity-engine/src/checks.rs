@@ -131,6 +131,14 @@ pub fn evaluate(
                 "map source.events.columns.profile_id to the column that always holds the id",
             );
         }
+        if c.unusable_profile_id > 0 {
+            causes.push(format!(
+                "{} with an unusable profile id (e.g. {})",
+                c.unusable_profile_id,
+                c.unusable_profile_id_examples.join(", ")
+            ));
+            hints.push("profile ids must be at most 1024 bytes without control characters");
+        }
         if c.null_timestamp > 0 {
             causes.push(format!("{} without a timestamp", c.null_timestamp));
             hints.push("check source.events.columns.timestamp");
@@ -183,6 +191,17 @@ pub fn evaluate(
                 pct(events.invalid_fraction)
             ),
             hint: "see the counts per reason in this report".into(),
+        });
+    }
+    if c.unusable_profile_id > 0 && events.invalid_fraction <= max {
+        warnings.push(Finding {
+            code: "unusable-profile-ids",
+            message: format!(
+                "{} events have a profile id no sink can store (e.g. {}): set aside, never scored or published",
+                c.unusable_profile_id,
+                c.unusable_profile_id_examples.join(", ")
+            ),
+            hint: "profile ids must be at most 1024 bytes without control characters; check source.events.columns.profile_id".into(),
         });
     }
     for u in &c.unconvertible_values {

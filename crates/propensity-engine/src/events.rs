@@ -73,6 +73,10 @@ impl EventStore {
 pub struct ScanCounts {
     pub rows_read: u64,
     pub null_profile_id: u64,
+    /// Profile ids no sink can key a row by (see `propensity_core::id`), set aside.
+    pub unusable_profile_id: u64,
+    /// Up to five of them, shortened and escaped, for the report.
+    pub unusable_profile_id_examples: Vec<String>,
     pub null_timestamp: u64,
     pub unparseable_timestamp: u64,
     /// Up to five unparseable timestamp values, as found.
@@ -116,6 +120,7 @@ impl ScanCounts {
     /// Rows set aside as invalid (not counting exclusions, duplicates or unused history).
     pub fn invalid(&self) -> u64 {
         self.null_profile_id
+            + self.unusable_profile_id
             + self.null_timestamp
             + self.unparseable_timestamp
             + self.null_event_type
@@ -568,6 +573,15 @@ pub async fn scan(
         for (i, &ts) in ts_buf.iter().enumerate() {
             if pid.is_null(i) {
                 counts.null_profile_id += 1;
+                continue;
+            }
+            if let Some(why) = propensity_core::id::profile_id_problem(pid.value(i)) {
+                counts.unusable_profile_id += 1;
+                let examples = &mut counts.unusable_profile_id_examples;
+                if examples.len() < 5 {
+                    let shown: String = pid.value(i).chars().take(40).collect();
+                    examples.push(format!("{shown:?} ({why})"));
+                }
                 continue;
             }
             let Some(t) = ts else {
