@@ -795,7 +795,10 @@ fn unusable_profile_ids_are_set_aside_and_counted() {
     let mut ids = l.store.profile_ids.clone();
     ids.sort();
     assert_eq!(ids, ["a", "b"]);
-    assert!(c.unusable_profile_id_examples[0].contains(r#""nul\0id""#), "{c:?}");
+    assert!(
+        c.unusable_profile_id_examples[0].contains(r#""nul\0id""#),
+        "{c:?}"
+    );
     let warning = l
         .report
         .warnings

@@ -688,3 +688,60 @@ fn the_demo_job_writes_the_golden_scores_byte_for_byte() {
         panic!("{e}");
     }
 }
+
+/// A run with an older as-of time than the latest published one (what a backfill does)
+/// writes its scores to its run directory and sends them to no sink (`stale`), so sinks and
+/// `explain` keep the newer scores; `--publish-stale` sends them anyway.
+#[test]
+fn an_older_run_does_not_roll_the_sinks_back() {
+    let dir = temp_dir("model-stale");
+    let job = job(&dir, "min_positives = 20\nmin_negatives = 20");
+    let state = dir.join("state");
+    let (_, newer) = run(&job, &state, &["--train"]);
+    assert_eq!(newer["publications"][0]["status"], "published", "{newer}");
+    let current = dir.join("published/current.json");
+    let pointer = std::fs::read(&current).unwrap_or_else(|e| panic!("{e}"));
+    let older = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            job.to_str().unwrap_or_default(),
+            "--as-of",
+            "2026-05-20T00:00:00Z",
+            "--state",
+            state.to_str().unwrap_or_default(),
+            "--format",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let c = cli(&args);
+        assert_eq!(c.code, 0, "{}\n{}", c.out, c.err);
+        serde_json::from_str::<serde_json::Value>(&c.out).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let stale = older(&[]);
+    let p = &stale["publications"][0];
+    assert_eq!(p["status"], "stale", "{stale}");
+    assert!(
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("2026-06-01T00:00:00Z")),
+        "{p}"
+    );
+    assert!(
+        stale["warnings"]
+            .to_string()
+            .contains("publishes to no sink"),
+        "{}",
+        stale["warnings"]
+    );
+    // Its scores are written; the sink's current publication and the latest run are not
+    // replaced.
+    assert!(output(&stale, "scores").exists());
+    assert_eq!(std::fs::read(&current).unwrap_or_default(), pointer);
+    let latest =
+        std::fs::read_to_string(state.join("jobs/model-test/latest_run.json")).unwrap_or_default();
+    assert!(latest.contains("2026-06-01T00:00:00Z"), "{latest}");
+    // Forced, it publishes.
+    let forced = older(&["--publish-stale"]);
+    assert_eq!(forced["publications"][0]["status"], "published", "{forced}");
+    assert_ne!(std::fs::read(&current).unwrap_or_default(), pointer);
+}

@@ -125,6 +125,11 @@ pub enum Command {
         /// Train a new model even if the champion was trained on this configuration.
         #[arg(long)]
         train: bool,
+        /// Publish even when a run with a later as-of time already has. Without it an older
+        /// run (a backfill) writes its scores to its run directory and sends them to no sink
+        /// (`stale`), so sinks never roll back.
+        #[arg(long)]
+        publish_stale: bool,
         #[command(flatten)]
         state: StateDir,
         /// Output format of the summary.
@@ -407,9 +412,19 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             job,
             as_of,
             train,
+            publish_stale,
             state,
             format,
-        } => model::run(&job, as_of, train, &state.path, format, out, err),
+        } => model::run(
+            &job,
+            as_of,
+            train,
+            publish_stale,
+            &state.path,
+            format,
+            out,
+            err,
+        ),
         Command::Explain {
             job,
             profile_id,

@@ -220,6 +220,7 @@ pub fn write_summary(
                 "unchanged   {} → {} (already current)",
                 p.sink, p.location
             )?,
+            PublicationStatus::Stale => writeln!(out, "stale       {}: {}", p.sink, p.message)?,
             _ => writeln!(
                 out,
                 "published   {} → {} ({} rows)",
@@ -236,6 +237,7 @@ pub fn run(
     job_path: &Path,
     as_of: Option<DateTime<Utc>>,
     train: bool,
+    publish_stale: bool,
     state: &Path,
     format: OutputFormat,
     out: &mut dyn Write,
@@ -246,6 +248,7 @@ pub fn run(
     let (job, dir) = load_job(job_path, err)?;
     let mut opts = RunOptions::new(as_of.unwrap_or_else(Utc::now), train, state.to_path_buf());
     opts.job_file = Some(job_path.to_path_buf());
+    opts.publish_stale = publish_stale;
     let progress = StageProgress::new();
     let s = propensity_runtime::run(&job, &dir, &opts, &progress).map_err(run_error)?;
     let w = match format {
@@ -491,6 +494,7 @@ pub fn demo(
         &job_path,
         Some(end),
         true,
+        false,
         &state,
         OutputFormat::Text,
         out,

@@ -124,6 +124,9 @@ pub struct RunOptions {
     pub env: EnvLookup,
     /// The job file, recorded so `propensity forget` can find this job's sinks later.
     pub job_file: Option<PathBuf>,
+    /// Publish even when a run with a later as-of time already has (a backfill of the past
+    /// is otherwise kept in its run directory and not sent, so sinks never roll back).
+    pub publish_stale: bool,
 }
 
 impl RunOptions {
@@ -135,6 +138,7 @@ impl RunOptions {
             state_dir,
             env: std::sync::Arc::new(|k| std::env::var(k).ok()),
             job_file: None,
+            publish_stale: false,
         }
     }
 }
@@ -207,7 +211,7 @@ pub fn run(
     let segments = segments::stage(&mut cx, &inputs, &chosen, &scoring)?;
     // The score table in the run directory, then to every sink.
     let table = publish::write(&mut cx, &inputs, &chosen, &scoring, &segments)?;
-    let published = publish::publish(&mut cx, &table, &segments);
+    let published = publish::publish(&mut cx, &table, &segments)?;
     // The report, the model card and the latest-run record.
     report::finish(cx, &inputs, chosen, &scoring, segments, table, published)
 }

@@ -33,6 +33,18 @@ pub(crate) struct Published {
     pub records: Vec<PublicationRecord>,
     /// `name: why` of each sink that failed.
     pub failed: Vec<String>,
+    /// A run with a later as-of time has published: this one was not sent anywhere.
+    pub stale: bool,
+}
+
+/// The as-of time of the job's latest published run when it is later than this run's.
+fn newer_run(cx: &RunContext<'_>) -> Result<Option<String>, RunError> {
+    let Some(latest) = cx.registry.latest_run()? else {
+        return Ok(None);
+    };
+    let later = chrono::DateTime::parse_from_rfc3339(&latest.as_of)
+        .is_ok_and(|t| t.timestamp_micros() > cx.as_of_us);
+    Ok(later.then_some(latest.as_of))
 }
 
 /// The `write` stage: the score table with segment memberships, in the run directory.
@@ -77,10 +89,49 @@ pub(crate) fn write(
     })
 }
 
-/// The `publish` stage: the score table to every sink.
-pub(crate) fn publish(cx: &mut RunContext<'_>, table: &Table, segs: &Segmented) -> Published {
+/// The `publish` stage: the score table to every sink, unless a run with a later as-of time
+/// has published (then every sink is `stale`: sinks never roll back).
+pub(crate) fn publish(
+    cx: &mut RunContext<'_>,
+    table: &Table,
+    segs: &Segmented,
+) -> Result<Published, RunError> {
     let job = cx.job;
     let stage = cx.stage("publish", Some(job.sinks.len() as u64));
+    if !cx.opts.publish_stale
+        && let Some(newer) = newer_run(cx)?
+    {
+        let message = format!(
+            "not sent: the run as of {newer} has published, and this older one must not replace its scores (its scores are in the run directory; --publish-stale sends them)"
+        );
+        cx.warn(format!(
+            "a run as of {newer} has already published: this run as of {} publishes to no sink",
+            rfc3339(cx.as_of_us)
+        ));
+        let records: Vec<PublicationRecord> = propensity_sinks::build_all(job, &sink_context(cx))
+            .into_iter()
+            .zip(&job.sinks)
+            .map(|((name, _), spec)| PublicationRecord {
+                sink: name,
+                kind: spec.kind.type_name().to_owned(),
+                status: propensity_sinks::Status::Stale,
+                rows: 0,
+                location: String::new(),
+                message: message.clone(),
+                seconds: 0.0,
+            })
+            .collect();
+        cx.done(stage, &format!("{} sinks skipped as stale", records.len()));
+        return Ok(Published {
+            id: propensity_sinks::publication_id(
+                &cx.opts.as_of.format("%Y%m%dT%H%M%SZ").to_string(),
+                &table.bytes,
+            ),
+            records,
+            failed: Vec::new(),
+            stale: true,
+        });
+    }
     let publication = propensity_sinks::Publication {
         job: job.name.clone(),
         id: propensity_sinks::publication_id(
@@ -94,11 +145,7 @@ pub(crate) fn publish(cx: &mut RunContext<'_>, table: &Table, segs: &Segmented) 
         state_dir: cx.registry.root().to_path_buf(),
         failpoint: (cx.opts.env)("PROPENSITY_FAILPOINT"),
     };
-    let ctx = propensity_sinks::Context {
-        job_dir: cx.job_dir.to_path_buf(),
-        env: cx.opts.env.clone(),
-        state_dir: Some(cx.registry.root().to_path_buf()),
-    };
+    let ctx = sink_context(cx);
     let records = cx
         .rt
         .block_on(publish_all(job, &ctx, &publication, cx.progress));
@@ -124,10 +171,19 @@ pub(crate) fn publish(cx: &mut RunContext<'_>, table: &Table, segs: &Segmented) 
             publication.id
         ),
     );
-    Published {
+    Ok(Published {
         id: publication.id,
         records,
         failed,
+        stale: false,
+    })
+}
+
+fn sink_context(cx: &RunContext<'_>) -> propensity_sinks::Context {
+    propensity_sinks::Context {
+        job_dir: cx.job_dir.to_path_buf(),
+        env: cx.opts.env.clone(),
+        state_dir: Some(cx.registry.root().to_path_buf()),
     }
 }
 
@@ -142,7 +198,12 @@ pub(crate) fn outputs(table: &Table, published: &Published) -> Vec<Output> {
         published
             .records
             .iter()
-            .filter(|p| p.status != propensity_sinks::Status::Failed)
+            .filter(|p| {
+                !matches!(
+                    p.status,
+                    propensity_sinks::Status::Failed | propensity_sinks::Status::Stale
+                )
+            })
             .map(|p| Output {
                 kind: format!("sink:{}", p.sink),
                 location: p.location.clone(),

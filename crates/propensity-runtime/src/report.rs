@@ -265,17 +265,21 @@ pub(crate) fn finish(
     write_atomic(&card_json, &json(&report.card))?;
     write_atomic(&report_json, &json(&report))?;
     write_atomic(&report_html, crate::html::render(&report).as_bytes())?;
-    cx.registry.set_latest_run(&LatestRun {
-        run_id: cx.run_id,
-        as_of: report.as_of.clone(),
-        model_version: report.model_version.clone(),
-        job_file: cx.opts.job_file.as_ref().map(|f| {
-            std::path::absolute(f)
-                .unwrap_or_else(|_| f.clone())
-                .display()
-                .to_string()
-        }),
-    })?;
+    // The latest run is the newest published one: `explain` and the next run's stale check
+    // read it, so a backfill of the past does not replace it.
+    if !published.stale {
+        cx.registry.set_latest_run(&LatestRun {
+            run_id: cx.run_id,
+            as_of: report.as_of.clone(),
+            model_version: report.model_version.clone(),
+            job_file: cx.opts.job_file.as_ref().map(|f| {
+                std::path::absolute(f)
+                    .unwrap_or_else(|_| f.clone())
+                    .display()
+                    .to_string()
+            }),
+        })?;
+    }
     tracing::info!(
         training = %report.training.status,
         model_version = %report.model_version,

@@ -152,6 +152,9 @@ pub enum Status {
     /// Some or all of it could not be delivered (see the message); for webhooks the
     /// undelivered batches wait in the outbox for `propensity replay`.
     Failed,
+    /// Not sent: a run with a later as-of time has published, and an older one (a backfill)
+    /// must not roll the sink back (`propensity run --publish-stale` forces it).
+    Stale,
 }
 
 impl Status {
@@ -160,6 +163,7 @@ impl Status {
             Self::Published => "published",
             Self::Unchanged => "unchanged",
             Self::Failed => "failed",
+            Self::Stale => "stale",
         }
     }
 }
