@@ -418,8 +418,10 @@ pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
         } => model::run(
             &job,
             as_of,
-            train,
-            publish_stale,
+            model::RunFlags {
+                train,
+                publish_stale,
+            },
             &state.path,
             format,
             out,

@@ -233,11 +233,19 @@ pub fn write_summary(
     writeln!(out, "report      {}", report_path.display())
 }
 
+/// `propensity run`'s switches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunFlags {
+    /// `--train`.
+    pub train: bool,
+    /// `--publish-stale`.
+    pub publish_stale: bool,
+}
+
 pub fn run(
     job_path: &Path,
     as_of: Option<DateTime<Utc>>,
-    train: bool,
-    publish_stale: bool,
+    flags: RunFlags,
     state: &Path,
     format: OutputFormat,
     out: &mut dyn Write,
@@ -246,9 +254,13 @@ pub fn run(
     // Started by a daemon: stop when it is gone.
     propensity_common::process::watch_parent();
     let (job, dir) = load_job(job_path, err)?;
-    let mut opts = RunOptions::new(as_of.unwrap_or_else(Utc::now), train, state.to_path_buf());
+    let mut opts = RunOptions::new(
+        as_of.unwrap_or_else(Utc::now),
+        flags.train,
+        state.to_path_buf(),
+    );
     opts.job_file = Some(job_path.to_path_buf());
-    opts.publish_stale = publish_stale;
+    opts.publish_stale = flags.publish_stale;
     let progress = StageProgress::new();
     let s = propensity_runtime::run(&job, &dir, &opts, &progress).map_err(run_error)?;
     let w = match format {
@@ -493,8 +505,10 @@ pub fn demo(
     run(
         &job_path,
         Some(end),
-        true,
-        false,
+        RunFlags {
+            train: true,
+            publish_stale: false,
+        },
         &state,
         OutputFormat::Text,
         out,
