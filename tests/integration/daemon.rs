@@ -917,6 +917,45 @@ fn the_tokenless_api_refuses_browsers_caps_triggers_and_cancels() {
     }
 }
 
+/// Idle connections that never send a request cannot exhaust the daemon's descriptors: at
+/// most 128 are open at once (the rest wait in the listen backlog), each has 10 s to send its
+/// headers, and the API keeps answering (about 370 idle connections used to leave a
+/// scheduled run unable to start).
+#[test]
+fn idle_connections_are_bounded_and_the_api_keeps_answering() {
+    let dir = temp_dir("daemon-idle");
+    let jobs = dir.join("jobs");
+    std::fs::create_dir_all(&jobs).unwrap_or_else(|e| panic!("{e}"));
+    let state = dir.join("state");
+    let d = Daemon::start(&jobs, &state, "d", &[]);
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", d.child.id()))
+            .map(|r| r.count())
+            .unwrap_or(0)
+    };
+    let before = fds();
+    let idle: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", d.port)).ok())
+        .collect();
+    assert_eq!(idle.len(), 200);
+    std::thread::sleep(Duration::from_secs(1));
+    let during = fds();
+    assert!(
+        during <= before + 128 + 8,
+        "{during} descriptors open with 200 idle connections ({before} before)"
+    );
+    // A real request is served once idle ones time out (10 s), at the latest.
+    let start = Instant::now();
+    let (status, _) = d.request("GET", "/healthz", None, None).unwrap_or_default();
+    assert_eq!(status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(idle);
+}
+
 #[test]
 fn backfill_lists_then_runs_the_missing_occurrences_once() {
     let dir = temp_dir("daemon-backfill");

@@ -149,22 +149,21 @@ pub fn serve(opts: DaemonOptions) -> Result<(), DaemonError> {
     let app = router(api);
     let stop_shared = shared.clone();
     let served = rt.block_on(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                tokio::select! {
-                    () = signal() => {
-                        tracing::info!("stopping: no new runs; running ones get the shutdown grace period");
-                        stop_shared.stopping.store(true, Ordering::SeqCst);
-                        let _ = (&mut done_rx).await;
-                    }
-                    // The scheduler ended by itself: it only does when it panicked. Stop
-                    // serving, so a supervisor restarts the daemon.
-                    _ = &mut done_rx => {
-                        stop_shared.set_leader(false, None);
-                    }
+        crate::serve::serve(listener, app, async move {
+            tokio::select! {
+                () = signal() => {
+                    tracing::info!("stopping: no new runs; running ones get the shutdown grace period");
+                    stop_shared.stopping.store(true, Ordering::SeqCst);
+                    let _ = (&mut done_rx).await;
                 }
-            })
-            .await
+                // The scheduler ended by itself: it only does when it panicked. Stop
+                // serving, so a supervisor restarts the daemon.
+                _ = &mut done_rx => {
+                    stop_shared.set_leader(false, None);
+                }
+            }
+        })
+        .await
     });
     let joined = sched_thread.join();
     served.map_err(|e| external(format!("the API server failed: {e}")))?;

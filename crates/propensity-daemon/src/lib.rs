@@ -19,6 +19,7 @@ pub mod ledger;
 pub mod runner;
 pub mod schedule;
 pub mod scheduler;
+pub mod serve;
 pub mod shared;
 
 pub use daemon::{BackfillOptions, BackfillReport, DaemonError, DaemonOptions, backfill, serve};

@@ -63,7 +63,19 @@ struct Due {
     origin: String,
     /// Attempts this daemon started for it.
     tries: u32,
+    /// Attempts that could not even start (no process: out of descriptors, memory, PIDs).
+    /// They use up no retry: the occurrence is tried again, up to [`MAX_LAUNCH_FAILURES`].
+    launch_failures: u32,
 }
+
+/// Launch failures (the run never started) an occurrence survives before it fails for good.
+const MAX_LAUNCH_FAILURES: u32 = 10;
+
+/// How the ledger message of an attempt that could not start begins.
+const NOT_STARTED: &str = "the run could not start";
+
+/// The wait before starting again after a launch failure.
+const LAUNCH_RETRY: TimeDelta = TimeDelta::seconds(5);
 
 #[derive(Debug)]
 enum Active<H> {
@@ -526,6 +538,7 @@ where
                         at,
                         origin: "catchup".into(),
                         tries: 0,
+                        launch_failures: 0,
                     });
                 }
             }
@@ -617,6 +630,7 @@ where
                 at,
                 origin: "schedule".into(),
                 tries: 0,
+                launch_failures: 0,
             };
             let busy = st.active.is_some() || !st.queue.is_empty();
             // A score occurrence at the instant of a train occurrence of the same job is
@@ -718,6 +732,7 @@ where
                 at,
                 origin: "manual".into(),
                 tries: 0,
+                launch_failures: 0,
             });
             tracing::info!(job = %name, kind = %kind, at = %at, "cancelled before it ran (API)");
             self.cancel_with(&name, &due, now, WHY);
@@ -907,6 +922,34 @@ where
                     });
                 }
             }
+            Err(msg) if due.launch_failures < MAX_LAUNCH_FAILURES => {
+                // The run never started (a resource error): not a failure of the job, so it
+                // uses up no retry; the occurrence waits and is started again.
+                due.tries -= 1;
+                due.launch_failures += 1;
+                let Some(tok) = self.token else { return };
+                tracing::warn!(job = %name, kind = %due.kind, at = %due.at, attempt, "the run could not start ({msg}); starting it again in {}s", LAUNCH_RETRY.num_seconds());
+                let why = format!("{NOT_STARTED}: {msg}");
+                if let Err(e) = self.ledger.finish(
+                    name,
+                    due.kind,
+                    due.at,
+                    attempt,
+                    tok,
+                    RunOutcome::Failed,
+                    Some(&why),
+                    false,
+                    now,
+                ) {
+                    return self.fenced(&e);
+                }
+                if let Some(st) = self.jobs.get_mut(name) {
+                    st.active = Some(Active::Retrying {
+                        due,
+                        at: now + LAUNCH_RETRY,
+                    });
+                }
+            }
             Err(msg) => {
                 let r = RunResult {
                     outcome: RunOutcome::Failed,
@@ -972,6 +1015,10 @@ fn resumed(occ: &crate::ledger::OccurrenceRecord, entry: &JobEntry) -> Due {
                 .message
                 .as_deref()
                 .is_some_and(|m| m.starts_with(INTERRUPTED)),
+            Some(RunOutcome::Failed) => !a
+                .message
+                .as_deref()
+                .is_some_and(|m| m.starts_with(NOT_STARTED)),
             Some(_) => true,
         })
         .count();
@@ -982,6 +1029,7 @@ fn resumed(occ: &crate::ledger::OccurrenceRecord, entry: &JobEntry) -> Due {
         tries: u32::try_from(counted)
             .unwrap_or(u32::MAX)
             .min(max.saturating_sub(1)),
+        launch_failures: 0,
     }
 }
 

@@ -12,6 +12,8 @@ use crate::ledger::OccurrenceRecord;
 
 #[derive(Debug, Default)]
 struct Fake {
+    /// Starts to refuse (as if no process could be made) before starting again.
+    refuse: u32,
     next: u64,
     started: Vec<RunRequest>,
     /// Results to hand out at the next poll, by handle.
@@ -26,6 +28,10 @@ impl Launcher for FakeLauncher {
     type Handle = u64;
     fn start(&mut self, req: &RunRequest) -> Result<u64, String> {
         let mut f = self.0.lock().unwrap();
+        if f.refuse > 0 {
+            f.refuse -= 1;
+            return Err("cannot start the run: Too many open files (os error 24)".into());
+        }
         f.next += 1;
         f.started.push(req.clone());
         Ok(f.next)
@@ -185,6 +191,43 @@ fn each_occurrence_runs_at_its_time_and_ends_with_one_outcome() {
         ]
     );
     assert!(r.sched.idle());
+}
+
+/// A run that cannot even start (out of descriptors) is not lost: the occurrence waits and
+/// starts again, without using up its one attempt (it was lost before).
+#[test]
+fn an_occurrence_whose_run_cannot_start_is_started_again() {
+    let mut r = rig(r#"score = "0 0 * * * *""#, t(9, 59, 0));
+    r.fake.0.lock().unwrap().refuse = 3;
+    r.sched.tick(t(10, 0, 0));
+    assert!(r.fake.started().is_empty());
+    assert_eq!(r.outcomes(), [(t(10, 0, 0), None)], "not final");
+    r.sched.tick(t(10, 0, 6));
+    r.sched.tick(t(10, 0, 12));
+    r.sched.tick(t(10, 0, 18));
+    assert_eq!(r.fake.started(), [t(10, 0, 0)]);
+    r.fake.end_latest(RunOutcome::Succeeded, false);
+    r.sched.tick(t(10, 0, 20));
+    assert_eq!(r.outcomes(), [(t(10, 0, 0), Some(RunOutcome::Succeeded))]);
+    let attempts = &r.runs()[0].attempts;
+    assert_eq!(attempts.len(), 4);
+    assert!(
+        attempts[0]
+            .message
+            .as_deref()
+            .is_some_and(|m| m
+                .starts_with("the run could not start: cannot start the run: Too many open files")),
+        "{attempts:?}"
+    );
+    // Past the limit it fails for good.
+    let mut r = rig(r#"score = "0 0 10 * * *""#, t(9, 59, 0));
+    r.fake.0.lock().unwrap().refuse = 100;
+    // (then the job's own retries apply, with their backoff).
+    for k in 0..40 {
+        r.sched.tick(t(10, 0, 0) + TimeDelta::minutes(10 * k));
+    }
+    assert_eq!(r.outcomes(), [(t(10, 0, 0), Some(RunOutcome::Failed))]);
+    assert!(r.runs()[0].attempts.len() as u32 > MAX_LAUNCH_FAILURES);
 }
 
 #[test]
