@@ -228,9 +228,9 @@ impl FileSink {
                 for i in 0..r.len() {
                     let json = |v: serde_json::Value| v.to_string();
                     w.write_record([
-                        r.profile_id.value(i).to_owned(),
+                        spreadsheet_safe(r.profile_id.value(i)),
                         r.job.value(i).to_owned(),
-                        r.goal.value(i).to_owned(),
+                        spreadsheet_safe(r.goal.value(i)),
                         r.as_of(i),
                         r.score_date(i),
                         r.model_version.value(i).to_owned(),
@@ -317,9 +317,12 @@ impl FileSink {
                 w.write_record(r.headers().map_err(|e| bad(&e))?)
                     .map_err(|e| bad(&e))?;
                 let (mut removed, mut rows) = (0, 0);
+                // Ids are written spreadsheet-safe: compare in that form.
+                let written: std::collections::HashSet<String> =
+                    ids.iter().map(|id| spreadsheet_safe(id)).collect();
                 for rec in r.records() {
                     let rec = rec.map_err(|e| bad(&e))?;
-                    if rec.get(0).is_some_and(|p| ids.contains(p)) {
+                    if rec.get(0).is_some_and(|p| written.contains(p)) {
                         removed += 1;
                     } else {
                         w.write_record(&rec).map_err(|e| bad(&e))?;
@@ -597,5 +600,50 @@ impl Sink for FileSink {
             }
         }
         Ok(removed as u64)
+    }
+}
+
+/// A CSV cell a spreadsheet would not run as a formula: text starting with `=`, `+`, `-`,
+/// `@`, a tab or a carriage return gets a leading `'` (OWASP's advice against CSV
+/// injection). Profile ids come from event data, so `=HYPERLINK(…)` must not open as a
+/// formula in the file a marketer downloads.
+pub fn spreadsheet_safe(text: &str) -> String {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formula_cells_are_defused_and_still_found_for_erasure() {
+        assert_eq!(spreadsheet_safe("p-17"), "p-17");
+        for f in [
+            "=HYPERLINK(\"http://x\")",
+            "+1",
+            "-2+3",
+            "@SUM(A1)",
+            "\tx",
+            "\rx",
+        ] {
+            assert_eq!(spreadsheet_safe(f), format!("'{f}"));
+        }
+        let sink = FileSink {
+            name: "csv".into(),
+            include_holdout: false,
+            format: Format::Csv,
+            store: Arc::new(object_store::memory::InMemory::new()),
+            prefix: ObjectPath::from("out"),
+            display: "out/".into(),
+        };
+        let csv = b"profile_id,job\n'=cmd,j\nplain,j\n";
+        let ids: std::collections::HashSet<&str> = ["=cmd"].into_iter().collect();
+        let (out, removed, rows) = sink.without(csv, &ids).unwrap();
+        assert_eq!((removed, rows), (1, 1));
+        assert_eq!(out, b"profile_id,job\nplain,j\n");
     }
 }
