@@ -745,3 +745,74 @@ fn an_older_run_does_not_roll_the_sinks_back() {
     assert_eq!(forced["publications"][0]["status"], "published", "{forced}");
     assert_ne!(std::fs::read(&current).unwrap_or_default(), pointer);
 }
+
+/// A daemon's child whose lease passed to another daemon while it ran (the leader paused
+/// past its lease) commits to no sink: each sink checks the lease at its commit point (it
+/// published over the new leader's run before). With its lease intact it publishes.
+#[test]
+fn a_run_whose_lease_was_taken_over_commits_to_no_sink() {
+    use propensity_daemon::ledger::Ledger;
+    use propensity_daemon::runner::{FENCE_LEDGER_ENV, FENCE_TOKEN_ENV};
+    let dir = temp_dir("model-fence");
+    let job = job(&dir, "min_positives = 20\nmin_negatives = 20");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).unwrap_or_else(|e| panic!("{e}"));
+    let ledger = state.join("ledger.sqlite");
+    let mut l = Ledger::open(&ledger).unwrap_or_else(|e| panic!("{e}"));
+    let now = chrono::Utc::now();
+    let hour = std::time::Duration::from_secs(3600);
+    let old = l.acquire_lease(
+        "paused",
+        std::time::Duration::from_secs(1),
+        now - chrono::TimeDelta::hours(1),
+    );
+    assert_eq!(old.ok().flatten(), Some(1));
+    assert_eq!(
+        l.acquire_lease("standby", hour, now).ok().flatten(),
+        Some(2)
+    );
+    let run = |token: &str| {
+        std::process::Command::new(crate::support::exe())
+            .args([
+                "run",
+                job.to_str().unwrap_or_default(),
+                "--as-of",
+                AS_OF,
+                "--state",
+            ])
+            .arg(&state)
+            .args(["--format", "json"])
+            .env(FENCE_LEDGER_ENV, &ledger)
+            .env(FENCE_TOKEN_ENV, token)
+            .env_remove("PROPENSITY_FAILPOINT")
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let fenced = run("1");
+    assert_eq!(
+        fenced.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&fenced.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&fenced.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&fenced.stdout)));
+    let p = &report["publications"][0];
+    assert_eq!(p["status"], "failed", "{p}");
+    assert!(
+        p["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not committed") && m.contains("from fencing token 1 to 2")),
+        "{p}"
+    );
+    assert!(!dir.join("published/current.json").exists());
+    // The current holder's run publishes.
+    let ok = run("2");
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(dir.join("published/current.json").exists());
+}

@@ -47,6 +47,7 @@ fn publication(
         segments: vec!["all".into(), "vip".into()],
         state_dir: state.to_path_buf(),
         failpoint: failpoint.map(str::to_owned),
+        fence: None,
     }
 }
 

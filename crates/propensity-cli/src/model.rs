@@ -233,6 +233,28 @@ pub fn write_summary(
     writeln!(out, "report      {}", report_path.display())
 }
 
+/// Started by a daemon under a lease: the check that the lease is still the one the run was
+/// started under, at each sink's commit point (a daemon paused past its lease must not
+/// publish over the run of the daemon that took over).
+fn lease_fence() -> Option<propensity_runtime::Fence> {
+    use propensity_daemon::runner::{FENCE_LEDGER_ENV, FENCE_TOKEN_ENV};
+    let ledger = std::path::PathBuf::from(std::env::var_os(FENCE_LEDGER_ENV)?);
+    let token: u64 = std::env::var(FENCE_TOKEN_ENV).ok()?.parse().ok()?;
+    Some(propensity_runtime::Fence(std::sync::Arc::new(move || {
+        let l = propensity_daemon::ledger::Ledger::open(&ledger)
+            .map_err(|e| format!("cannot check the daemon's lease: {e}"))?;
+        match l.lease_holder().map_err(|e| e.to_string())? {
+            Some((_, t, expires)) if t == token && expires > Utc::now() => Ok(()),
+            Some((holder, t, _)) if t != token => Err(format!(
+                "the daemon's lease passed from fencing token {token} to {t} ({holder}) while this run was going; the new holder runs the occurrence"
+            )),
+            _ => Err(format!(
+                "the daemon's lease (fencing token {token}) expired while this run was going"
+            )),
+        }
+    })))
+}
+
 /// `propensity run`'s switches.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunFlags {
@@ -261,6 +283,7 @@ pub fn run(
     );
     opts.job_file = Some(job_path.to_path_buf());
     opts.publish_stale = flags.publish_stale;
+    opts.fence = lease_fence();
     let progress = StageProgress::new();
     let s = propensity_runtime::run(&job, &dir, &opts, &progress).map_err(run_error)?;
     let w = match format {

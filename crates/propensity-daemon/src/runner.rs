@@ -37,7 +37,17 @@ pub struct RunRequest {
     pub state: PathBuf,
     pub timeout: Option<Duration>,
     pub max_memory: Option<u64>,
+    /// The lease's fencing token the attempt runs under: the child checks, at each sink's
+    /// commit point, that the lease still has it ([`FENCE_TOKEN_ENV`]).
+    pub fencing_token: Option<u64>,
 }
+
+/// The child's environment: the ledger file and the fencing token its run was started
+/// under. At each sink's commit point the child refuses to commit unless the ledger's lease
+/// still has that token and has not expired.
+pub const FENCE_LEDGER_ENV: &str = "PROPENSITY_FENCE_LEDGER";
+/// See [`FENCE_LEDGER_ENV`].
+pub const FENCE_TOKEN_ENV: &str = "PROPENSITY_FENCE_TOKEN";
 
 /// Why the daemon stopped a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,6 +144,10 @@ impl Launcher for ChildLauncher {
             .args(["--format", "json"]);
         if req.kind == RunKind::Train {
             cmd.arg("--train");
+        }
+        if let Some(token) = req.fencing_token {
+            cmd.env(FENCE_LEDGER_ENV, req.state.join("ledger.sqlite"))
+                .env(FENCE_TOKEN_ENV, token.to_string());
         }
         cmd.env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
@@ -341,6 +355,7 @@ mod tests {
             state: dir.to_path_buf(),
             timeout,
             max_memory,
+            fencing_token: None,
         }
     }
 

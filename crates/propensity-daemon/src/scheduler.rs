@@ -907,6 +907,7 @@ where
             state: self.cfg.state.clone(),
             timeout: sched.as_ref().and_then(|s| s.timeout).map(to_std),
             max_memory: sched.as_ref().and_then(|s| s.max_memory),
+            fencing_token: self.token,
         };
         let mut due = due;
         due.tries += 1;

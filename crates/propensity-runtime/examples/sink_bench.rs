@@ -289,6 +289,7 @@ async fn main() {
                 segments: vec!["all".into(), "vip".into()],
                 state_dir: dir.join("state"),
                 failpoint: None,
+                fence: None,
             };
             let t = Instant::now();
             let out = s.publish(&p).await.expect("publish");

@@ -28,6 +28,7 @@ pub mod suppression;
 mod train;
 
 use context::RunContext;
+pub use propensity_sinks::Fence;
 pub use publish::publish_all;
 use registry::Registry;
 use report::RunReport;
@@ -127,6 +128,8 @@ pub struct RunOptions {
     /// Publish even when a run with a later as-of time already has (a backfill of the past
     /// is otherwise kept in its run directory and not sent, so sinks never roll back).
     pub publish_stale: bool,
+    /// Checked at each sink's commit point (a daemon's child: the lease still its own).
+    pub fence: Option<propensity_sinks::Fence>,
 }
 
 impl RunOptions {
@@ -139,6 +142,7 @@ impl RunOptions {
             env: std::sync::Arc::new(|k| std::env::var(k).ok()),
             job_file: None,
             publish_stale: false,
+            fence: None,
         }
     }
 }

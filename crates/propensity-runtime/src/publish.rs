@@ -144,6 +144,7 @@ pub(crate) fn publish(
         segments: segs.segments.iter().map(|s| s.name.clone()).collect(),
         state_dir: cx.registry.root().to_path_buf(),
         failpoint: (cx.opts.env)("PROPENSITY_FAILPOINT"),
+        fence: cx.opts.fence.clone(),
     };
     let ctx = sink_context(cx);
     let records = cx

@@ -366,7 +366,7 @@ impl FileSink {
             .await
             .map_err(|e| self.err("writing the manifest", e))?;
         if let Some(p) = p {
-            p.failpoint(self.ext(), "before_swap")?;
+            p.commit_point(self.ext(), "before_swap")?;
         }
         let mut history = vec![id.clone()];
         if keep_history && let Some(prev) = &previous {

@@ -87,9 +87,32 @@ pub struct Publication {
     /// `<kind>:<point>` aborts the process there, as a `kill -9` would; `<kind>:<point>:error`
     /// makes the sink fail there instead; `<kind>:<point>:sleep=MS` pauses there.
     pub failpoint: Option<String>,
+    /// Checked at each sink's commit point: a run the daemon no longer leads (its lease was
+    /// taken over while it was paused) must not publish over the new leader's run.
+    pub fence: Option<Fence>,
+}
+
+/// A check that this process may still publish (see [`Publication::fence`]): `Err` says why
+/// not.
+#[derive(Clone)]
+pub struct Fence(pub std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for Fence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Fence")
+    }
 }
 
 impl Publication {
+    /// At a commit point: fails when the fence says this run may no longer publish, and
+    /// applies the failpoint named `point`.
+    pub fn commit_point(&self, kind: &str, point: &str) -> Result<(), SinkError> {
+        if let Some(Fence(check)) = &self.fence {
+            check().map_err(|why| SinkError::external(format!("not committed: {why}")))?;
+        }
+        self.failpoint(kind, point)
+    }
+
     /// Stops here when the failpoint names this sink kind and point (see the field).
     pub fn failpoint(&self, kind: &str, point: &str) -> Result<(), SinkError> {
         let Some(v) = &self.failpoint else {

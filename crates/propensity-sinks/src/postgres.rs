@@ -965,7 +965,7 @@ impl Sink for PostgresSink {
         )
         .await
         .map_err(|e| self.fail("recording the publication", &e))?;
-        p.failpoint("postgres", "before_commit")?;
+        p.commit_point("postgres", "before_commit")?;
         tx.commit()
             .await
             .map_err(|e| self.fail("committing the publication", &e))?;
@@ -1179,6 +1179,7 @@ mod tests {
             segments: vec!["high".into(), "vip".into()],
             state_dir: std::env::temp_dir(),
             failpoint: None,
+            fence: None,
         }
     }
 

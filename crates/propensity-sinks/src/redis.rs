@@ -730,7 +730,7 @@ impl Sink for RedisSink {
             .try_for_each(|()| futures::future::ready(Ok(())))
             .await?;
 
-        p.failpoint("redis", "before_flip")?;
+        p.commit_point("redis", "before_flip")?;
 
         let segment_names = serde_json::to_string(&sets.names)
             .map_err(|e| SinkError::internal(format!("encoding segment names: {e}")))?;
@@ -966,6 +966,7 @@ mod tests {
             segments: vec!["vip".into(), "at_risk".into(), "empty".into()],
             state_dir: std::env::temp_dir(),
             failpoint: failpoint.map(str::to_owned),
+            fence: None,
         }
     }
 

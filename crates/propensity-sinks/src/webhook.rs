@@ -715,7 +715,7 @@ impl Sink for WebhookSink {
                 continue;
             }
             if k == n {
-                p.failpoint("webhook", "before_completed")?;
+                p.commit_point("webhook", "before_completed")?;
             }
             match self.deliver(&event, &mut budget).await? {
                 Delivery::Delivered => {
@@ -1362,6 +1362,7 @@ mod tests {
             segments: vec!["vip".to_owned()],
             state_dir: state_dir.to_path_buf(),
             failpoint: None,
+            fence: None,
         }
     }
 
