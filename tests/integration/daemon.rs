@@ -656,7 +656,15 @@ fn kill_9_of_the_daemon_during_a_run_then_a_restart_gives_one_outcome_and_one_pu
     });
     a.kill9();
     // The orphaned run notices and stops: nothing becomes current.
-    std::thread::sleep(Duration::from_secs(2));
+    let log = state.join("daemon/logs/slow");
+    a.wait_for(Duration::from_secs(30), "the orphaned run to stop", |_| {
+        std::fs::read_dir(&log).is_ok_and(|d| {
+            d.filter_map(Result::ok).any(|e| {
+                std::fs::read_to_string(e.path())
+                    .is_ok_and(|t| t.contains("the daemon that started this run"))
+            })
+        })
+    });
     assert!(
         !out.join("slow/parquet/current.json").exists(),
         "the orphan run published"
@@ -726,11 +734,24 @@ fn two_daemons_on_one_state_directory_never_run_an_occurrence_twice() {
     let state = dir.join("state");
     let a = Daemon::start(&jobs, &state, "a", &[]);
     let b = Daemon::start(&jobs, &state, "b", &[]);
-    std::thread::sleep(Duration::from_secs(6));
-    let leaders: Vec<bool> = [&a, &b]
-        .iter()
-        .map(|d| d.get("/healthz")["leader"].as_bool().unwrap_or(false))
-        .collect();
+    let leaders = || -> Vec<bool> {
+        [&a, &b]
+            .iter()
+            .map(|d| d.get("/healthz")["leader"].as_bool().unwrap_or(false))
+            .collect()
+    };
+    let ledger = state.join("ledger.sqlite");
+    let occurrences = || {
+        propensity_daemon::ledger::Ledger::open(&ledger)
+            .and_then(|l| l.runs("every1s", 10_000))
+            .map_or(0, |r| r.len())
+    };
+    a.wait_for(
+        Duration::from_secs(60),
+        "one leader running occurrences",
+        |_| leaders().iter().filter(|&&l| l).count() == 1 && occurrences() >= 4,
+    );
+    let leaders = leaders();
     assert_eq!(leaders.iter().filter(|&&l| l).count(), 1, "{leaders:?}");
     // The leader stops; the standby takes over (the lease is released on a clean stop).
     let (mut leader, mut standby) = if leaders[0] { (a, b) } else { (b, a) };
@@ -738,7 +759,12 @@ fn two_daemons_on_one_state_directory_never_run_an_occurrence_twice() {
     standby.wait_for(Duration::from_secs(10), "the standby to take over", |d| {
         d.get("/healthz")["leader"].as_bool() == Some(true)
     });
-    std::thread::sleep(Duration::from_secs(5));
+    let handed_over = occurrences();
+    standby.wait_for(
+        Duration::from_secs(60),
+        "the standby to run occurrences",
+        |_| occurrences() >= handed_over + 4,
+    );
     assert_eq!(standby.terminate(), 0, "{}", standby.log());
     let l = propensity_daemon::ledger::Ledger::open(state.join("ledger.sqlite"))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -938,7 +964,13 @@ fn idle_connections_are_bounded_and_the_api_keeps_answering() {
         .filter_map(|_| TcpStream::connect(("127.0.0.1", d.port)).ok())
         .collect();
     assert_eq!(idle.len(), 200);
-    std::thread::sleep(Duration::from_secs(1));
+    // Once the server has taken all it will take, it takes no more.
+    d.wait_for(
+        Duration::from_secs(10),
+        "the connections to be accepted",
+        |_| fds() >= before + 128,
+    );
+    std::thread::sleep(Duration::from_millis(500));
     let during = fds();
     assert!(
         during <= before + 128 + 8,
