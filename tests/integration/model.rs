@@ -816,3 +816,39 @@ fn a_run_whose_lease_was_taken_over_commits_to_no_sink() {
     );
     assert!(dir.join("published/current.json").exists());
 }
+
+/// The state directory is its owner's alone: models, cards, reports and score tables hold
+/// profile ids and model internals, so folders are 0700 and files 0600 (they were 0755 and
+/// 0644: any local user could read them).
+#[test]
+#[cfg(unix)]
+fn state_files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = temp_dir("model-modes");
+    let job = job(&dir, "min_positives = 20\nmin_negatives = 20");
+    let state = dir.join("state");
+    let _ = run(&job, &state, &["--train"]);
+    let mut seen = 0;
+    let mut stack = vec![state.join("jobs")];
+    while let Some(p) = stack.pop() {
+        let mode = std::fs::metadata(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777;
+        if p.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            stack.extend(
+                std::fs::read_dir(&p)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path()),
+            );
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "{seen} files checked");
+}

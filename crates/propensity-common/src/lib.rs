@@ -7,6 +7,7 @@
 //! the daemon can use these without building the engine (see ARCHITECTURE.md for the order
 //! of the crates).
 
+pub mod private;
 pub mod process;
 pub mod storage;
 

@@ -73,7 +73,7 @@ fn holder(kind: &str) -> String {
 }
 
 fn open_ledger(state: &Path) -> Result<Ledger, DaemonError> {
-    std::fs::create_dir_all(state).map_err(|e| {
+    propensity_common::private::create_dir_all(state).map_err(|e| {
         external(format!(
             "cannot create the state directory {}: {e}",
             state.display()

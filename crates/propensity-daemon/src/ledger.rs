@@ -625,6 +625,9 @@ impl Ledger {
     pub fn open(path: impl AsRef<Path>) -> Result<Ledger, LedgerError> {
         let path = path.as_ref().to_path_buf();
         let conn = Self::open_conn(&path).map_err(|e| e.at(&path, None))?;
+        // Owner-only, like the rest of the state directory (SQLite gives its WAL and
+        // shared-memory files the database file's mode).
+        let _ = propensity_common::private::restrict(&path);
         Ok(Ledger { path, conn })
     }
 

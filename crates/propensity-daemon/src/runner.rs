@@ -126,13 +126,19 @@ impl Launcher for ChildLauncher {
     fn start(&mut self, req: &RunRequest) -> Result<ChildRun, String> {
         let base = log_base(&req.state, &req.job, req.kind, req.as_of, req.attempt_no);
         if let Some(dir) = base.parent() {
-            std::fs::create_dir_all(dir)
+            propensity_common::private::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
         let out = base.with_extension("json");
         let err = base.with_extension("log");
+        // Owner-only, like the rest of the state directory.
         let open = |p: &Path| {
-            std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))
+            let mut o = std::fs::OpenOptions::new();
+            o.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+            o.open(p)
+                .map_err(|e| format!("cannot create {}: {e}", p.display()))
         };
         let mut cmd = Command::new(&self.exe);
         cmd.arg("run")

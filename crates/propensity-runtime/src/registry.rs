@@ -80,9 +80,10 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// [`write_file_atomic`] for the state directory, with its error.
+/// [`write_file_atomic`] for the state directory, owner-only (folders `0700`, files `0600`),
+/// with its error.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RunError> {
-    write_file_atomic(path, bytes).map_err(|e| io(path, e))
+    propensity_common::private::write_atomic(path, bytes).map_err(|e| io(path, e))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, RunError> {
@@ -108,7 +109,7 @@ fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
 impl Registry {
     pub fn open(state: &Path, job: &str) -> Result<Self, RunError> {
         let root = state.join("jobs").join(job);
-        std::fs::create_dir_all(&root).map_err(|e| io(&root, e))?;
+        propensity_common::private::create_dir_all(&root).map_err(|e| io(&root, e))?;
         Ok(Registry { root })
     }
 
