@@ -637,11 +637,15 @@ fn kill_9_of_the_daemon_during_a_run_then_a_restart_gives_one_outcome_and_one_pu
     .unwrap_or_else(|e| panic!("{e}"));
     let state = dir.join("state");
     // The Parquet sink pauses 20 s before it makes its publication current.
+    let token = "a-token-no-run-may-see-0123456789";
     let mut a = Daemon::start(
         &jobs,
         &state,
         "a",
-        &[("PROPENSITY_FAILPOINT", "parquet:before_swap:sleep=20000")],
+        &[
+            ("PROPENSITY_FAILPOINT", "parquet:before_swap:sleep=20000"),
+            ("PROPENSITY_API_TOKEN", token),
+        ],
     );
     let t = a.trigger("slow", "score");
     let url = t["url"].as_str().unwrap_or_default().to_owned();
@@ -654,6 +658,33 @@ fn kill_9_of_the_daemon_during_a_run_then_a_restart_gives_one_outcome_and_one_pu
             })
         })
     });
+    // The run's process does not inherit the API token.
+    let daemon_pid = a.child.id().to_string();
+    let children: Vec<String> = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid = stat
+                .rsplit(')')
+                .next()?
+                .split_whitespace()
+                .nth(1)?
+                .to_owned();
+            (ppid == daemon_pid).then(|| e.file_name().to_string_lossy().into_owned())
+        })
+        .collect();
+    assert!(!children.is_empty(), "no child of the daemon found");
+    for pid in &children {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let environ = String::from_utf8_lossy(&environ);
+        assert!(
+            environ.contains("PROPENSITY_DAEMON_PID="),
+            "{pid} is not a run"
+        );
+        assert!(!environ.contains(token), "run {pid} has the API token");
+    }
     a.kill9();
     // The orphaned run notices and stops: nothing becomes current.
     let log = state.join("daemon/logs/slow");

@@ -49,6 +49,9 @@ pub const FENCE_LEDGER_ENV: &str = "PROPENSITY_FENCE_LEDGER";
 /// See [`FENCE_LEDGER_ENV`].
 pub const FENCE_TOKEN_ENV: &str = "PROPENSITY_FENCE_TOKEN";
 
+/// The API token's variable: the daemon reads it, its children never see it.
+pub const TOKEN_ENV: &str = "PROPENSITY_API_TOKEN";
+
 /// Why the daemon stopped a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -155,7 +158,9 @@ impl Launcher for ChildLauncher {
             cmd.env(FENCE_LEDGER_ENV, req.state.join("ledger.sqlite"))
                 .env(FENCE_TOKEN_ENV, token.to_string());
         }
-        cmd.env(PARENT_ENV, std::process::id().to_string())
+        // A run (and the plugins it loads) has no business with the API's token.
+        cmd.env_remove(TOKEN_ENV)
+            .env(PARENT_ENV, std::process::id().to_string())
             .stdin(Stdio::null())
             .stdout(open(&out)?)
             .stderr(open(&err)?);
