@@ -1125,6 +1125,22 @@ impl<'l, 'd, 'i> Sem<'l, 'd, 'i> {
                     "segments_table",
                     self,
                 );
+                // The default is derived from `table`: it can be too long even when `table`
+                // is not (PostgreSQL would cut it to 63 bytes, silently naming another table).
+                if s.segments_table.is_none()
+                    && segments_table.len() > 63
+                    && !self.is_poisoned(&p.key("table"))
+                {
+                    self.err(
+                        &p.key("table"),
+                        "bad-name",
+                        format!(
+                            "the default segments table `{segments_table}` ({} characters) is longer than PostgreSQL's 63",
+                            segments_table.len()
+                        ),
+                        Some("set `segments_table` to a name of at most 63 characters, or shorten `table` to at most 54".to_owned()),
+                    );
+                }
                 let (tls, ca_file) = s
                     .tls
                     .as_ref()
