@@ -143,7 +143,13 @@ pub(crate) fn publish(
         batch: table.batch.clone(),
         segments: segs.segments.iter().map(|s| s.name.clone()).collect(),
         state_dir: cx.registry.root().to_path_buf(),
-        failpoint: (cx.opts.env)("PROPENSITY_FAILPOINT"),
+        // Fault injection exists in debug builds (the crash tests) only: a release build
+        // ignores the variable, so no environment can make production runs abort.
+        failpoint: if cfg!(debug_assertions) {
+            (cx.opts.env)("PROPENSITY_FAILPOINT")
+        } else {
+            None
+        },
         fence: cx.opts.fence.clone(),
     };
     let ctx = sink_context(cx);

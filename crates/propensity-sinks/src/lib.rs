@@ -85,7 +85,8 @@ pub struct Publication {
     pub state_dir: PathBuf,
     /// Fault injection for the crash tests (`PROPENSITY_FAILPOINT` in the run's environment):
     /// `<kind>:<point>` aborts the process there, as a `kill -9` would; `<kind>:<point>:error`
-    /// makes the sink fail there instead; `<kind>:<point>:sleep=MS` pauses there.
+    /// makes the sink fail there instead; `<kind>:<point>:sleep=MS` pauses there. Runs set it
+    /// in debug builds only (a release build never reads the variable).
     pub failpoint: Option<String>,
     /// Checked at each sink's commit point: a run the daemon no longer leads (its lease was
     /// taken over while it was paused) must not publish over the new leader's run.
