@@ -852,3 +852,66 @@ fn state_files_are_owner_only() {
     }
     assert!(seen >= 5, "{seen} files checked");
 }
+
+/// Runs of one job publish one at a time, whoever started them: a run that reaches its
+/// publish stage while another process holds the job's publish lock waits (and says so),
+/// then publishes once the lock is free.
+#[test]
+fn a_run_waits_for_another_publisher_of_its_job() {
+    use std::io::Read;
+    let dir = temp_dir("model-lock");
+    let job = job(&dir, "min_positives = 20\nmin_negatives = 20");
+    let state = dir.join("state");
+    let lock_dir = state.join("jobs/model-test");
+    std::fs::create_dir_all(&lock_dir).unwrap_or_else(|e| panic!("{e}"));
+    let held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(lock_dir.join("publish.lock"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    held.lock().unwrap_or_else(|e| panic!("{e}"));
+    let err_path = dir.join("run.err");
+    let mut child = std::process::Command::new(crate::support::exe())
+        .args([
+            "run",
+            job.to_str().unwrap_or_default(),
+            "--as-of",
+            AS_OF,
+            "--state",
+        ])
+        .arg(&state)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&err_path).unwrap_or_else(|e| panic!("{e}")))
+        .env_remove("PROPENSITY_FAILPOINT")
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = std::time::Instant::now();
+    loop {
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        if err.contains("another process is publishing this job") {
+            break;
+        }
+        assert!(
+            child.try_wait().ok().flatten().is_none(),
+            "the run ended without waiting:\n{err}"
+        );
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !dir.join("published/current.json").exists(),
+        "published under the lock"
+    );
+    assert!(child.try_wait().ok().flatten().is_none());
+    drop(held);
+    let status = child.wait().unwrap_or_else(|e| panic!("{e}"));
+    let mut err = String::new();
+    let _ = std::fs::File::open(&err_path).and_then(|mut f| f.read_to_string(&mut err));
+    assert!(status.success(), "{err}");
+    assert!(dir.join("published/current.json").exists());
+}

@@ -175,6 +175,8 @@ pub fn forget(
         }
         // A job listed only here (never run) still gets its run files checked: none.
         let registry = Registry::open(state_dir, &job.name)?;
+        // Not while a run of the job publishes (it would put the profiles back).
+        let _lock = registry.publish_lock(&|m| eprintln!("{m}"))?;
         let state_files_rewritten = scrub_runs(&registry, &ids)?;
         let ctx = propensity_sinks::Context {
             job_dir: dir,

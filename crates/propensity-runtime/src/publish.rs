@@ -35,6 +35,8 @@ pub(crate) struct Published {
     pub failed: Vec<String>,
     /// A run with a later as-of time has published: this one was not sent anywhere.
     pub stale: bool,
+    /// Held until the run's latest-run record is written.
+    pub lock: crate::registry::PublishLock,
 }
 
 /// The as-of time of the job's latest published run when it is later than this run's.
@@ -98,6 +100,9 @@ pub(crate) fn publish(
 ) -> Result<Published, RunError> {
     let job = cx.job;
     let stage = cx.stage("publish", Some(job.sinks.len() as u64));
+    // One publisher per job at a time; the stale check below sees what the other published.
+    let progress = cx.progress;
+    let lock = cx.registry.publish_lock(&|m| progress.warn(m))?;
     if !cx.opts.publish_stale
         && let Some(newer) = newer_run(cx)?
     {
@@ -130,6 +135,7 @@ pub(crate) fn publish(
             records,
             failed: Vec::new(),
             stale: true,
+            lock,
         });
     }
     let publication = propensity_sinks::Publication {
@@ -183,6 +189,7 @@ pub(crate) fn publish(
         records,
         failed,
         stale: false,
+        lock,
     })
 }
 

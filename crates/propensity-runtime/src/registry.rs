@@ -62,6 +62,12 @@ fn io(path: &Path, e: std::io::Error) -> RunError {
     RunError::external(format!("state directory: {}: {e}", path.display()))
 }
 
+/// A held publish lock (see [`Registry::publish_lock`]).
+#[derive(Debug)]
+pub struct PublishLock {
+    _file: std::fs::File,
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same directory (named after the
 /// process, so two writers never share one) and a rename: a reader sees the old file or the
 /// new one, never half of one.
@@ -190,6 +196,31 @@ impl Registry {
 
     pub fn set_latest_run(&self, latest: &LatestRun) -> Result<(), RunError> {
         write_atomic(&self.root.join("latest_run.json"), &to_json(latest))
+    }
+
+    /// Takes the job's publish lock (`<state>/jobs/<job>/publish.lock`, an OS file lock),
+    /// waiting while another process holds it: runs, erasures and replays of one job publish
+    /// one at a time, whoever started them (the daemon, a person, a script). Released when
+    /// the returned guard is dropped, or when the process dies.
+    pub fn publish_lock(&self, progress: &dyn Fn(&str)) -> Result<PublishLock, RunError> {
+        let path = self.root.join("publish.lock");
+        let mut o = std::fs::OpenOptions::new();
+        o.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+        let file = o.open(&path).map_err(|e| io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                progress(&format!(
+                    "another process is publishing this job ({}); waiting for it to finish",
+                    path.display()
+                ));
+                file.lock().map_err(|e| io(&path, e))?;
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&path, e)),
+        }
+        Ok(PublishLock { _file: file })
     }
 
     pub fn latest_run(&self) -> Result<Option<LatestRun>, RunError> {

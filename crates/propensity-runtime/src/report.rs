@@ -287,6 +287,7 @@ pub(crate) fn finish(
         failed_sinks = published.failed.len(),
         "run finished"
     );
+    drop(published.lock);
     Ok(crate::RunSummary {
         report,
         failed_sinks: published.failed,
