@@ -84,7 +84,7 @@ pub(crate) fn features(cx: &mut RunContext<'_>, loaded: Loaded) -> Result<Inputs
             .store
             .profile_ids
             .iter()
-            .map(|id| suppressed.contains(&suppression::digest(id)))
+            .map(|id| suppressed.contains(id))
             .collect();
         erased = drop.iter().filter(|d| **d).count();
         for snap in dataset
