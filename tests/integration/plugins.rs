@@ -732,3 +732,61 @@ fn a_pinned_library_is_loaded_from_the_bytes_that_were_hashed() {
     let _ = std::fs::remove_file(&swapped);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `validate --no-load-plugins` (CI on untrusted branches) finds each plugin and checks its
+/// pin without running any of its code: a library that fails when loaded (an old ABI)
+/// passes, a pin mismatch still fails. A plugin goal without a pin is valid with a warning.
+#[test]
+fn validate_can_check_plugins_without_loading_them_and_warns_when_unpinned() {
+    let dir = temp_dir("plugin-no-load");
+    let old = library("old_abi_goal");
+    let job = plugin_job(
+        &dir,
+        &format!("plugin = \"{}\"\nparams = {{}}", old.display()),
+    );
+    let loaded = propensity(["validate".into(), job.as_os_str().to_owned()]);
+    assert_eq!(loaded.code, 2, "{}", loaded.stderr);
+    assert!(loaded.stderr.contains("ABI version"), "{}", loaded.stderr);
+    let not_loaded = propensity([
+        "validate".into(),
+        "--no-load-plugins".into(),
+        job.as_os_str().to_owned(),
+    ]);
+    assert_eq!(not_loaded.code, 0, "{}", not_loaded.stderr);
+    assert!(
+        not_loaded.stderr.contains("goal plugin") && not_loaded.stderr.contains("is not pinned"),
+        "{}",
+        not_loaded.stderr
+    );
+    // Pinned: a wrong hash fails without loading, the right one passes quietly.
+    let wrong = plugin_job(
+        &dir,
+        &format!(
+            "plugin = \"{}\"\nsha256 = \"{}\"\nparams = {{}}",
+            old.display(),
+            "0".repeat(64)
+        ),
+    );
+    let v = propensity([
+        "validate".into(),
+        "--no-load-plugins".into(),
+        wrong.as_os_str().to_owned(),
+    ]);
+    assert_eq!(v.code, 2, "{}", v.stderr);
+    assert!(v.stderr.contains("but the job pins"), "{}", v.stderr);
+    let hash = host::sha256_file(&old).unwrap_or_default();
+    let right = plugin_job(
+        &dir,
+        &format!(
+            "plugin = \"{}\"\nsha256 = \"{hash}\"\nparams = {{}}",
+            old.display()
+        ),
+    );
+    let v = propensity([
+        "validate".into(),
+        "--no-load-plugins".into(),
+        right.as_os_str().to_owned(),
+    ]);
+    assert_eq!(v.code, 0, "{}", v.stderr);
+    assert!(!v.stderr.contains("warning"), "{}", v.stderr);
+}

@@ -55,6 +55,11 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
         format: OutputFormat,
+        /// Check that each goal plugin is found and matches its sha256 pin, but do not load
+        /// it (no plugin code runs: for CI on untrusted branches). Its parameters are then
+        /// checked by the first run.
+        #[arg(long)]
+        no_load_plugins: bool,
     },
     /// Print the JSON Schema of job files (version 1), for editors and other tools.
     ///
@@ -393,7 +398,11 @@ pub fn run(
 /// Runs an already parsed command line.
 pub fn execute(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     let result = match cli.command {
-        Command::Validate { paths, format } => validate(&paths, format, out, err),
+        Command::Validate {
+            paths,
+            format,
+            no_load_plugins,
+        } => validate(&paths, format, !no_load_plugins, out, err),
         Command::Schema { output } => schema(output.as_deref(), out),
         Command::DryRun {
             job,
@@ -562,6 +571,7 @@ fn summary(job: &Job) -> String {
 fn validate(
     paths: &[PathBuf],
     format: OutputFormat,
+    load_plugins: bool,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> Result<i32, CliError> {
@@ -589,7 +599,7 @@ fn validate(
         let result = match result {
             Ok(job) => {
                 let text = text.as_deref().unwrap_or_default();
-                match plugins::validate_goal(&job, text, file) {
+                match plugins::validate_goal(&job, text, file, load_plugins) {
                     Some(d) => Err(vec![d]),
                     None => Ok(job),
                 }
@@ -612,7 +622,19 @@ fn validate(
         OutputFormat::Text => {
             for (file, result) in &reports {
                 match result {
-                    Ok(job) => w(writeln!(out, "ok: {} ({})", file.display(), summary(job)))?,
+                    Ok(job) => {
+                        w(writeln!(out, "ok: {} ({})", file.display(), summary(job)))?;
+                        if let Goal::Plugin(g) = &job.goal
+                            && g.sha256.is_none()
+                        {
+                            w(writeln!(
+                                err,
+                                "warning: {}: goal plugin `{}` is not pinned: any library of that name in the plugin directories runs in every run; pin it with `sha256 = \"…\"` in [goal] (`propensity plugins check <library>` prints the hash)",
+                                file.display(),
+                                g.plugin
+                            ))?;
+                        }
+                    }
                     Err(diags) => {
                         for d in diags {
                             w(writeln!(err, "{d}"))?;

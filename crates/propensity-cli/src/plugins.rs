@@ -282,12 +282,34 @@ fn label_one_profile(
 
 /// The plugin check of `propensity validate`: a valid job with a plugin goal is checked by
 /// its plugin (found, pinned, ABI version, params).
-pub fn validate_goal(job: &Job, text: &str, file: &Path) -> Option<Diagnostic> {
+pub fn validate_goal(job: &Job, text: &str, file: &Path, load: bool) -> Option<Diagnostic> {
     let Goal::Plugin(g) = &job.goal else {
         return None;
     };
     let job_dir = file.parent().unwrap_or(Path::new("."));
-    let e = GoalPlugin::resolve(g, job_dir, &dirs(None)).err()?;
+    let e = if load {
+        GoalPlugin::resolve(g, job_dir, &dirs(None)).err()?
+    } else {
+        // Found and, when pinned, hashed: but never loaded (`validate --no-load-plugins`).
+        let found = host::locate(&g.plugin, job_dir, &dirs(None))
+            .map_err(|e| e.message)
+            .and_then(|path| {
+                let Some(pin) = &g.sha256 else {
+                    return Ok(());
+                };
+                let hash = host::sha256_file(&path).map_err(|e| e.message)?;
+                if hash.eq_ignore_ascii_case(pin) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "plugin library `{}` has sha256 {hash}, but the job pins {pin}",
+                        path.display()
+                    ))
+                }
+            });
+        let e = found.err()?;
+        propensity_engine::EngineError::user(format!("goal.plugin: {e}"))
+    };
     let key = if e.message.starts_with("goal.params") {
         "params"
     } else {
