@@ -177,10 +177,38 @@ pub struct Importance {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BucketFactors {
-    /// `high`, `medium` or `low`.
-    pub bucket: String,
+    pub bucket: Bucket,
     pub profiles: usize,
     pub factors: Vec<FactorSummary>,
+}
+
+/// A score bucket: the percentile band a profile falls in (`output.buckets` of the job).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bucket {
+    High,
+    Medium,
+    Low,
+}
+
+impl Bucket {
+    /// High to low, the order reports list them in.
+    pub const ALL: [Bucket; 3] = [Bucket::High, Bucket::Medium, Bucket::Low];
+
+    /// As in score rows and reports: `high`, `medium`, `low`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Bucket::High => "high",
+            Bucket::Medium => "medium",
+            Bucket::Low => "low",
+        }
+    }
+}
+
+impl std::fmt::Display for Bucket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::calibrate::Calibrator;
+pub use crate::card::Bucket;
 use crate::card::{BucketFactors, FactorSummary, Importance, Metrics};
 use crate::fallback::Fallback;
 use crate::gbdt::{self, Gbdt, GbdtParams, par_ranges};
@@ -613,7 +614,7 @@ fn evaluate(
             .total_cmp(&a.mean_abs_contribution)
             .then_with(|| a.feature.cmp(&b.feature))
     });
-    let buckets: Vec<(&str, Vec<&[Factor]>)> = ["high", "medium", "low"]
+    let buckets: Vec<(Bucket, Vec<&[Factor]>)> = Bucket::ALL
         .iter()
         .map(|b| {
             let members = tops
@@ -641,7 +642,7 @@ fn evaluate(
 
 /// Per bucket: the features most often among the top factors, with their mean contribution.
 pub fn summarize_factors(
-    buckets: &[(&str, Vec<&[Factor]>)],
+    buckets: &[(Bucket, Vec<&[Factor]>)],
     names: &[String],
     labels: &[String],
 ) -> Vec<BucketFactors> {
@@ -672,7 +673,7 @@ pub fn summarize_factors(
             });
             list.truncate(5);
             BucketFactors {
-                bucket: (*b).to_string(),
+                bucket: *b,
                 profiles: members.len(),
                 factors: list,
             }
@@ -752,13 +753,13 @@ pub fn percentiles(margins: &[f64], keys: &[u64]) -> Vec<u8> {
 }
 
 /// The bucket of a percentile.
-pub fn bucket(percentile: u8, high: u32, medium: u32) -> &'static str {
+pub fn bucket(percentile: u8, high: u32, medium: u32) -> Bucket {
     if u32::from(percentile) >= high {
-        "high"
+        Bucket::High
     } else if u32::from(percentile) >= medium {
-        "medium"
+        Bucket::Medium
     } else {
-        "low"
+        Bucket::Low
     }
 }
 
@@ -770,7 +771,7 @@ pub struct Scored {
     /// `round(100 · probability)`.
     pub score: u8,
     pub percentile: u8,
-    pub bucket: &'static str,
+    pub bucket: Bucket,
     pub factors: Vec<Factor>,
 }
 
@@ -854,20 +855,29 @@ mod tests {
             .collect();
         let keys: Vec<u64> = (0..3000u64).map(crate::mix).collect();
         let p = percentiles(&m, &keys);
-        let share = |b: &str| p.iter().filter(|&&v| bucket(v, 75, 25) == b).count() as f64 / 3000.0;
-        assert!((share("high") - 0.25).abs() <= 0.02, "{}", share("high"));
+        let share =
+            |b: Bucket| p.iter().filter(|&&v| bucket(v, 75, 25) == b).count() as f64 / 3000.0;
         assert!(
-            (share("medium") - 0.50).abs() <= 0.02,
+            (share(Bucket::High) - 0.25).abs() <= 0.02,
             "{}",
-            share("medium")
+            share(Bucket::High)
         );
-        assert!((share("low") - 0.25).abs() <= 0.02, "{}", share("low"));
+        assert!(
+            (share(Bucket::Medium) - 0.50).abs() <= 0.02,
+            "{}",
+            share(Bucket::Medium)
+        );
+        assert!(
+            (share(Bucket::Low) - 0.25).abs() <= 0.02,
+            "{}",
+            share(Bucket::Low)
+        );
         // The tie is broken by the keys, not by position.
         let rev: Vec<u64> = keys.iter().map(|k| !k).collect();
         assert_ne!(percentiles(&m, &rev)[..2000], p[..2000]);
-        assert_eq!(bucket(75, 75, 25), "high");
-        assert_eq!(bucket(74, 75, 25), "medium");
-        assert_eq!(bucket(24, 75, 25), "low");
+        assert_eq!(bucket(75, 75, 25), Bucket::High);
+        assert_eq!(bucket(74, 75, 25), Bucket::Medium);
+        assert_eq!(bucket(24, 75, 25), Bucket::Low);
     }
 
     #[test]
@@ -962,7 +972,7 @@ mod tests {
                     .all(|r| r.probability > 0.0 && r.probability < 1.0)
             );
             assert!(scored.iter().all(|r| r.factors.len() <= 3));
-            let high = scored.iter().filter(|r| r.bucket == "high").count();
+            let high = scored.iter().filter(|r| r.bucket == Bucket::High).count();
             assert!((900..=1100).contains(&high), "{high}");
             aucs.push(m.auc.unwrap_or(0.0));
         }

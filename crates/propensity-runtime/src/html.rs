@@ -947,7 +947,7 @@ fn bucket_chart(buckets: &[BucketSize]) -> Option<String> {
     let rows = buckets
         .iter()
         .map(|b| HBar {
-            label: b.bucket.clone(),
+            label: b.bucket.to_string(),
             value: b.share,
             text: format!(
                 "{} profiles · {} · mean {}",
@@ -964,7 +964,7 @@ fn bucket_chart(buckets: &[BucketSize]) -> Option<String> {
                 b.min_percentile,
                 b.max_percentile
             ),
-            color: bucket_color(&b.bucket),
+            color: bucket_color(b.bucket.as_str()),
         })
         .collect();
     Some(hbar_chart(&HBarChart {
@@ -1149,7 +1149,7 @@ fn factor_chart(bucket: &BucketFactors, title: &str) -> Option<String> {
     if bucket.factors.is_empty() {
         return None;
     }
-    let color = bucket_color(&bucket.bucket);
+    let color = bucket_color(bucket.bucket.as_str());
     let rows = bucket
         .factors
         .iter()
@@ -1961,7 +1961,7 @@ mod tests {
             mean_probability: 0.1,
             buckets: vec![
                 BucketSize {
-                    bucket: "high".to_string(),
+                    bucket: propensity_model::card::Bucket::High,
                     profiles: 100,
                     share: 0.1,
                     mean_probability: 0.45,
@@ -1969,7 +1969,7 @@ mod tests {
                     max_percentile: 100,
                 },
                 BucketSize {
-                    bucket: "medium".to_string(),
+                    bucket: propensity_model::card::Bucket::Medium,
                     profiles: 300,
                     share: 0.3,
                     mean_probability: f64::NAN,
@@ -1977,7 +1977,7 @@ mod tests {
                     max_percentile: 89,
                 },
                 BucketSize {
-                    bucket: "low".to_string(),
+                    bucket: propensity_model::card::Bucket::Low,
                     profiles: 600,
                     share: 0.6,
                     mean_probability: 0.03,
@@ -1988,7 +1988,7 @@ mod tests {
             score_histogram: (0..20u64).map(|i| (20 - i) * 5).collect(),
             top_factors_by_bucket: vec![
                 BucketFactors {
-                    bucket: "high".to_string(),
+                    bucket: propensity_model::card::Bucket::High,
                     profiles: 100,
                     factors: vec![
                         FactorSummary {
@@ -2006,7 +2006,7 @@ mod tests {
                     ],
                 },
                 BucketFactors {
-                    bucket: "low".to_string(),
+                    bucket: propensity_model::card::Bucket::Low,
                     profiles: 600,
                     factors: Vec::new(),
                 },

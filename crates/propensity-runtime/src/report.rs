@@ -99,8 +99,7 @@ impl std::fmt::Display for TrainingStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BucketSize {
-    /// `high`, `medium` or `low`.
-    pub bucket: String,
+    pub bucket: propensity_model::card::Bucket,
     pub profiles: usize,
     pub share: f64,
     pub mean_probability: f64,
@@ -175,14 +174,14 @@ pub(crate) fn finish(
     for s in scored {
         histogram[(usize::from(s.score) / 5).min(19)] += 1;
     }
-    let in_bucket = |b: &'static str| scored.iter().filter(move |s| s.bucket == b);
-    let buckets: Vec<BucketSize> = ["high", "medium", "low"]
+    let in_bucket = |b: pipeline::Bucket| scored.iter().filter(move |s| s.bucket == b);
+    let buckets: Vec<BucketSize> = pipeline::Bucket::ALL
         .iter()
-        .map(|b| {
+        .map(|&b| {
             let rows: Vec<&pipeline::Scored> = in_bucket(b).collect();
             let percentiles = || rows.iter().map(|s| u32::from(s.percentile));
             BucketSize {
-                bucket: (*b).into(),
+                bucket: b,
                 profiles: rows.len(),
                 share: rows.len() as f64 / n.max(1) as f64,
                 mean_probability: rows.iter().map(|s| s.probability).sum::<f64>()
@@ -192,9 +191,9 @@ pub(crate) fn finish(
             }
         })
         .collect();
-    let groups: Vec<(&str, Vec<&[pipeline::Factor]>)> = ["high", "medium", "low"]
+    let groups: Vec<(pipeline::Bucket, Vec<&[pipeline::Factor]>)> = pipeline::Bucket::ALL
         .iter()
-        .map(|b| (*b, in_bucket(b).map(|s| s.factors.as_slice()).collect()))
+        .map(|&b| (b, in_bucket(b).map(|s| s.factors.as_slice()).collect()))
         .collect();
     let top_factors_by_bucket =
         pipeline::summarize_factors(&groups, &model.features, &model.labels);

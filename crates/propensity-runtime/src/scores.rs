@@ -134,7 +134,7 @@ pub fn batch(
             scored.iter().map(|s| i32::from(s.percentile)),
         )),
         Arc::new(StringArray::from_iter_values(
-            scored.iter().map(|s| s.bucket),
+            scored.iter().map(|s| s.bucket.as_str()),
         )),
         Arc::new(factors),
         Arc::new(segments),

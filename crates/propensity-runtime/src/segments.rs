@@ -132,7 +132,7 @@ pub fn membership(
             r.scored.iter().map(|s| f64::from(s.percentile)),
         )),
         Arc::new(StringArray::from_iter_values(
-            r.scored.iter().map(|s| s.bucket),
+            r.scored.iter().map(|s| s.bucket.as_str()),
         )),
         Arc::new(StringArray::from(vec![r.confidence; n])),
         Arc::new(StringArray::from(vec![r.model_version; n])),
