@@ -60,8 +60,8 @@ pub struct ModelCard {
     pub data_fingerprint: String,
     /// Algorithm parameters as trained (e.g. trees kept after early stopping).
     pub params: serde_json::Value,
-    /// `isotonic`, `platt` or `none`.
-    pub calibration: String,
+    /// How probabilities were calibrated (never `auto`: the method `auto` chose).
+    pub calibration: crate::pipeline::CalibrationMethod,
     /// Metrics on the validation cutoff; `None` when there was nothing to validate on.
     pub metrics: Option<Metrics>,
     /// Mean |contribution| per feature on the validation cutoff, largest first.

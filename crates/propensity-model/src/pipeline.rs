@@ -44,6 +44,19 @@ pub enum CalibrationMethod {
     None,
 }
 
+impl CalibrationMethod {
+    /// As in job files and model cards.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Isotonic => "isotonic",
+            Self::Platt => "platt",
+            Self::Spread => "spread",
+            Self::None => "none",
+        }
+    }
+}
+
 /// A trained model of any family. Margins are log-odds-like: higher is more likely.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "family", rename_all = "snake_case")]

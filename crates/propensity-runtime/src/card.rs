@@ -86,12 +86,9 @@ pub(crate) fn trained(
         data_fingerprint,
         params: out.params.clone(),
         calibration: match out.calibration {
-            CalibrationMethod::Auto | CalibrationMethod::Isotonic => "isotonic",
-            CalibrationMethod::Platt => "platt",
-            CalibrationMethod::Spread => "spread",
-            CalibrationMethod::None => "none",
-        }
-        .into(),
+            CalibrationMethod::Auto => CalibrationMethod::Isotonic,
+            chosen => chosen,
+        },
         metrics: out.metrics.clone(),
         importance: out.importance.clone(),
         top_factors_by_bucket: out.top_factors_by_bucket.clone(),
@@ -120,7 +117,7 @@ pub(crate) fn fallback(rejected: ModelCard, out: &TrainOutput) -> ModelCard {
     card.model_version = format!("{}-fallback", card.model_version);
     // What scores is the fallback: its parameters, no calibration, no search.
     card.params = out.params.clone();
-    card.calibration = "none".into();
+    card.calibration = CalibrationMethod::None;
     card.search = None;
     card.metrics = out.metrics.clone();
     card.importance = out.importance.clone();

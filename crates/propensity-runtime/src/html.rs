@@ -370,7 +370,7 @@ fn model_card_section(out: &mut String, card: &ModelCard) {
     kv(out, "Seed", &card.seed.to_string());
     kv_code(out, "Config hash", &card.config_hash);
     kv_code(out, "Data fingerprint", &card.data_fingerprint);
-    kv(out, "Calibration", &card.calibration);
+    kv(out, "Calibration", card.calibration.as_str());
     kv_code(out, "Parameters", &card.params.to_string());
     kv_close(out);
     out.push_str("</div>\n");
@@ -1868,7 +1868,7 @@ mod tests {
             config_hash: "cfg-abc123".to_string(),
             data_fingerprint: "data-def456".to_string(),
             params: serde_json::json!({}),
-            calibration: "isotonic".to_string(),
+            calibration: propensity_model::pipeline::CalibrationMethod::Isotonic,
             metrics: Some(Metrics {
                 auc: Some(0.812),
                 pr_auc: Some(0.41),
