@@ -33,7 +33,7 @@ pub struct ModelCard {
     pub job: String,
     pub model_version: String,
     /// `gbdt`, `logistic`, `svm`, `fallback_btyd` or `fallback_rfm`.
-    pub algorithm: String,
+    pub algorithm: crate::pipeline::ModelAlgorithm,
     pub confidence: Confidence,
     /// Why the fallback model was used (too few positives, …).
     pub fallback_reason: Option<String>,

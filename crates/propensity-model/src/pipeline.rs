@@ -44,6 +44,37 @@ pub enum CalibrationMethod {
     None,
 }
 
+/// Which model scored: a trained family or a fallback ranking (model cards, reports).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelAlgorithm {
+    Gbdt,
+    Logistic,
+    Svm,
+    /// The BG/NBD probability of a goal event in the window (too little data to train).
+    FallbackBtyd,
+    /// A recency / frequency / monetary ranking (too little data, no BG/NBD fit).
+    FallbackRfm,
+}
+
+impl ModelAlgorithm {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Gbdt => "gbdt",
+            Self::Logistic => "logistic",
+            Self::Svm => "svm",
+            Self::FallbackBtyd => "fallback_btyd",
+            Self::FallbackRfm => "fallback_rfm",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl CalibrationMethod {
     /// As in job files and model cards.
     pub const fn as_str(self) -> &'static str {
@@ -68,11 +99,13 @@ pub enum Model {
 
 impl Model {
     /// `gbdt`, `logistic`, `svm`, `fallback_btyd` or `fallback_rfm`.
-    pub fn algorithm(&self) -> &str {
+    pub fn algorithm(&self) -> ModelAlgorithm {
         match self {
-            Model::Gbdt(_) => "gbdt",
-            Model::Linear(l) => &l.kind,
-            Model::Fallback(f) => f.algorithm(),
+            Model::Gbdt(_) => ModelAlgorithm::Gbdt,
+            Model::Linear(l) if l.kind == "svm" => ModelAlgorithm::Svm,
+            Model::Linear(_) => ModelAlgorithm::Logistic,
+            Model::Fallback(f) if f.algorithm() == "fallback_btyd" => ModelAlgorithm::FallbackBtyd,
+            Model::Fallback(_) => ModelAlgorithm::FallbackRfm,
         }
     }
 

@@ -41,7 +41,7 @@ pub(crate) fn trained(
     ModelCard {
         job: job.name.clone(),
         model_version: version.to_owned(),
-        algorithm: out.scorer.model.algorithm().to_owned(),
+        algorithm: out.scorer.model.algorithm(),
         confidence: if fallback {
             Confidence::Low
         } else {
@@ -111,7 +111,7 @@ pub(crate) fn trained(
 pub(crate) fn fallback(rejected: ModelCard, out: &TrainOutput) -> ModelCard {
     let mut card = rejected;
     // `fallback_btyd` or `fallback_rfm`, whichever ranking the fallback fitted.
-    card.algorithm = out.scorer.model.algorithm().into();
+    card.algorithm = out.scorer.model.algorithm();
     card.confidence = Confidence::Low;
     card.fallback_reason = Some("no model has passed the quality gate yet".into());
     card.model_version = format!("{}-fallback", card.model_version);

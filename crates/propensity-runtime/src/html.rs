@@ -336,7 +336,7 @@ fn model_card_section(out: &mut String, card: &ModelCard) {
     kv_open(out);
     kv(out, "Version", &card.model_version);
     kv(out, "Job", &card.job);
-    kv(out, "Algorithm", &card.algorithm);
+    kv(out, "Algorithm", card.algorithm.as_str());
     kv(out, "Confidence", card.confidence.as_str());
     if let Some(reason) = &card.fallback_reason {
         kv(out, "Fallback reason", reason);
@@ -660,7 +660,7 @@ fn rejected_section(out: &mut String, card: &ModelCard) {
     );
     kv_open(out);
     kv(out, "Version", &card.model_version);
-    kv(out, "Algorithm", &card.algorithm);
+    kv(out, "Algorithm", card.algorithm.as_str());
     kv(out, "Trained at", &card.trained_at);
     kv(
         out,
@@ -1829,7 +1829,7 @@ mod tests {
         let card = ModelCard {
             job: "churn".to_string(),
             model_version: "v3".to_string(),
-            algorithm: "gbdt".to_string(),
+            algorithm: propensity_model::pipeline::ModelAlgorithm::Gbdt,
             confidence: Confidence::Normal,
             fallback_reason: None,
             trained_at: "2024-05-01T00:05:00Z".to_string(),
@@ -1949,7 +1949,7 @@ mod tests {
             started_at: "2024-05-01T00:01:00Z".to_string(),
             finished_at: "2024-05-01T00:06:00Z".to_string(),
             model_version: "v3".to_string(),
-            algorithm: "gbdt".to_string(),
+            algorithm: propensity_model::pipeline::ModelAlgorithm::Gbdt,
             confidence: Confidence::Normal,
             training: TrainingOutcome {
                 status: TrainingStatus::TrainedRejected,

@@ -18,7 +18,7 @@ pub struct RunReport {
     pub finished_at: String,
     /// The model that scored this run.
     pub model_version: String,
-    pub algorithm: String,
+    pub algorithm: propensity_model::pipeline::ModelAlgorithm,
     /// `low` when the fallback model scored.
     pub confidence: propensity_model::card::Confidence,
     /// Whether this run trained a model, and what became of it.
@@ -225,7 +225,7 @@ pub(crate) fn finish(
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         finished_at: String::new(),
         model_version: model.version.clone(),
-        algorithm: model.model.algorithm().into(),
+        algorithm: model.model.algorithm(),
         confidence: chosen.confidence(),
         training: chosen.training.clone(),
         card: model.card.clone(),

@@ -112,7 +112,7 @@ fn train(cx: &mut RunContext<'_>, inp: &Inputs) -> Result<(Split, StoredModel), 
     let out = pipeline::train(&data, settings, &|done, _| progress.advance(done as u64))
         .map_err(|e| RunError::user(format!("training failed: {e}")))?;
     let fp = fingerprint(d, &inp.names);
-    let algorithm = out.scorer.model.algorithm().to_owned();
+    let algorithm = out.scorer.model.algorithm();
     let version = format!(
         "{}-{}",
         cx.opts.as_of.format("%Y%m%d"),
