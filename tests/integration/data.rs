@@ -808,6 +808,42 @@ fn unusable_profile_ids_are_set_aside_and_counted() {
     assert!(warning.message.contains("3 events"), "{}", warning.message);
 }
 
+/// A zero-byte file among the sources (an export still being written) is left out with a
+/// warning instead of failing the read; a folder of only empty files is a clear error.
+#[test]
+fn empty_source_files_are_left_out_with_a_warning() {
+    let rt = runtime();
+    let dir = temp_dir("empty-files");
+    let events = dir.join("events");
+    std::fs::create_dir_all(&events).unwrap_or_else(|e| panic!("{e}"));
+    write(
+        &events,
+        "a.csv",
+        "profile_id,ts,kind,amount\na,2026-05-01T00:00:00Z,view,1\nb,2026-05-02T00:00:00Z,buy,2\n",
+    );
+    write(&events, "b.csv", "");
+    let uri = format!("{}/", events.display());
+    let job = flat_job(&uri, "format = \"csv\"");
+    let l = rt
+        .block_on(load(&job, &dir, &[], t("2026-05-21T00:00:00Z")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(l.report.events.counts.events_kept, 2);
+    assert_eq!(l.report.events.files, 1);
+    let w = l
+        .report
+        .warnings
+        .iter()
+        .find(|f| f.code == "empty-files")
+        .unwrap_or_else(|| panic!("no warning: {:?}", l.report.warnings));
+    assert!(w.message.contains("b.csv"), "{}", w.message);
+    std::fs::write(events.join("a.csv"), "").unwrap_or_else(|e| panic!("{e}"));
+    let e = rt
+        .block_on(load(&job, &dir, &[], t("2026-05-21T00:00:00Z")))
+        .err()
+        .unwrap_or_else(|| panic!("loaded a folder of empty files"));
+    assert!(e.to_string().contains("every file there is empty"), "{e}");
+}
+
 fn demo_job_on(dir: &Path, tweak: impl Fn(String) -> String) -> String {
     let text = std::fs::read_to_string(
         propensity_tests::repo_root().join("jobs/conversion-purchase-30d.toml"),

@@ -22,6 +22,8 @@ pub struct EventsSection {
     pub source: String,
     pub format: String,
     pub files: usize,
+    /// Zero-byte files found and left out.
+    pub empty_files: Vec<String>,
     #[serde(flatten)]
     pub counts: ScanCounts,
     /// Invalid rows (null/unparseable id, time or type; future events) over rows read.
@@ -115,6 +117,18 @@ pub fn evaluate(
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
     let max = events.max_invalid_fraction;
+    if !events.empty_files.is_empty() {
+        warnings.push(Finding {
+            code: "empty-files",
+            message: format!(
+                "{} empty (zero-byte) file(s) in `{}` were left out, e.g. {}",
+                events.empty_files.len(),
+                events.source,
+                events.empty_files[0]
+            ),
+            hint: "an export still being written or a failed upload; remove them, or check the exporter".into(),
+        });
+    }
     if c.rows_read == 0 {
         problems.push(Finding {
             code: "no-events",

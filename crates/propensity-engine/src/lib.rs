@@ -368,6 +368,7 @@ impl Engine {
             source: src.display.clone(),
             format: source::format_name(src.format).to_owned(),
             files: src.files,
+            empty_files: src.empty_files.clone(),
             invalid_fraction: counts.invalid() as f64 / rows,
             max_invalid_fraction: job.events.max_invalid_fraction,
             counts,

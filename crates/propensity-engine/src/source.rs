@@ -30,8 +30,11 @@ pub struct OpenedSource {
     pub display: String,
     pub format: DataFormat,
     pub frame: DataFrame,
-    /// Number of files the listing found.
+    /// Number of files read (the listing's, less the empty ones).
     pub files: usize,
+    /// Zero-byte files the listing found and left out (an export still being written, a
+    /// failed upload): shown as a data-check warning.
+    pub empty_files: Vec<String>,
 }
 
 /// Registers the store for `location` and opens it as a table. `what` names the job field
@@ -83,7 +86,7 @@ pub async fn open(
     };
     let options = ListingOptions::new(file_format).with_file_extension(ext);
     let state = ctx.state();
-    let files = {
+    let listed = {
         use futures::TryStreamExt;
         let store = ctx
             .runtime_env()
@@ -96,8 +99,21 @@ pub async fn open(
             .try_collect()
             .await
             .map_err(|e| list_error(e, what, &display))?;
-        listed.len()
+        listed
     };
+    let (empty, nonempty): (Vec<_>, Vec<_>) = listed.into_iter().partition(|m| m.size == 0);
+    let empty_files: Vec<String> = empty.iter().map(|m| m.location.to_string()).collect();
+    let files = nonempty.len();
+    if files == 0 && !empty_files.is_empty() {
+        return Err(EngineError::user(format!(
+            "{what}.uri `{display}`: every file there is empty ({} zero-byte files, e.g. {})",
+            empty_files.len(),
+            empty_files[0]
+        ))
+        .hint(
+            "wait for the export to finish, or point the job at the folder that holds the data",
+        ));
+    }
     if files == 0 {
         return Err(EngineError::user(format!(
             "{what}.uri `{display}`: no {} files found there",
@@ -105,7 +121,22 @@ pub async fn open(
         ))
         .hint("check the path (relative paths start at the job file's directory) and the format"));
     }
-    let config = ListingTableConfig::new(table_url)
+    // With empty files among them, the table is the non-empty files by name (a zero-byte
+    // Parquet or CSV file cannot be read); otherwise the listing URL as written.
+    let config = if empty_files.is_empty() {
+        ListingTableConfig::new(table_url)
+    } else {
+        let base = table_url.object_store();
+        let urls = nonempty
+            .iter()
+            .map(|m| {
+                ListingTableUrl::parse(format!("{}{}", base.as_str(), m.location))
+                    .map_err(|e| EngineError::internal(format!("{what}: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        ListingTableConfig::new_with_multi_paths(urls)
+    };
+    let config = config
         .with_listing_options(options)
         .infer_schema(&state)
         .await
@@ -126,6 +157,7 @@ pub async fn open(
         format,
         frame,
         files,
+        empty_files,
     })
 }
 
