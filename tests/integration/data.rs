@@ -844,6 +844,33 @@ fn empty_source_files_are_left_out_with_a_warning() {
     assert!(e.to_string().contains("every file there is empty"), "{e}");
 }
 
+/// A source file that cannot be read is named in the error, and for NDJSON so is its line
+/// (the reader said "line 1" of the record, of no file).
+#[test]
+fn a_bad_ndjson_line_is_named_by_file_and_line() {
+    let rt = runtime();
+    let dir = temp_dir("bad-ndjson");
+    let events = dir.join("events");
+    std::fs::create_dir_all(&events).unwrap_or_else(|e| panic!("{e}"));
+    write(
+        &events,
+        "a.ndjson",
+        "{\"profile_id\":\"a\",\"ts\":\"2026-05-01T00:00:00Z\",\"kind\":\"view\",\"amount\":1}\n",
+    );
+    write(
+        &events,
+        "b.ndjson",
+        "{\"profile_id\":\"b\",\"ts\":\"2026-05-01T00:00:00Z\",\"kind\":\"buy\",\"amount\":1}\n{\"profile_id\":\"c\",\"ts\":\n",
+    );
+    let job = flat_job(&format!("{}/", events.display()), "format = \"ndjson\"");
+    let e = rt
+        .block_on(load(&job, &dir, &[], t("2026-05-21T00:00:00Z")))
+        .err()
+        .unwrap_or_else(|| panic!("read a broken file"))
+        .to_string();
+    assert!(e.contains("b.ndjson` line 2"), "{e}");
+}
+
 fn demo_job_on(dir: &Path, tweak: impl Fn(String) -> String) -> String {
     let text = std::fs::read_to_string(
         propensity_tests::repo_root().join("jobs/conversion-purchase-30d.toml"),

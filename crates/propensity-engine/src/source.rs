@@ -123,6 +123,7 @@ pub async fn open(
     }
     // With empty files among them, the table is the non-empty files by name (a zero-byte
     // Parquet or CSV file cannot be read); otherwise the listing URL as written.
+    let store_url = table_url.object_store();
     let config = if empty_files.is_empty() {
         ListingTableConfig::new(table_url)
     } else {
@@ -136,17 +137,26 @@ pub async fn open(
             .collect::<Result<Vec<_>, _>>()?;
         ListingTableConfig::new_with_multi_paths(urls)
     };
-    let config = config
-        .with_listing_options(options)
+    let config = match config
+        .with_listing_options(options.clone())
         .infer_schema(&state)
         .await
-        .map_err(|e| {
-            EngineError::user(format!(
+    {
+        Ok(c) => c,
+        Err(e) => {
+            // Name the file (and for NDJSON the line) that cannot be read.
+            let store = ctx
+                .runtime_env()
+                .object_store(&store_url)
+                .map_err(|e| EngineError::internal(format!("{what}: {e}")))?;
+            let culprit = bad_file(store.as_ref(), &nonempty, format).await;
+            return Err(EngineError::user(format!(
                 "{what}.uri `{display}`: cannot read the {} schema: {}",
                 format_name(format),
-                crate::df_message(&e)
-            ))
-        })?;
+                culprit.unwrap_or_else(|| crate::df_message(&e))
+            )));
+        }
+    };
     let table = ListingTable::try_new(config)
         .map_err(|e| EngineError::internal(format!("{what}: {}", crate::df_message(&e))))?;
     let frame = ctx
@@ -180,6 +190,46 @@ pub fn format_name(f: DataFormat) -> &'static str {
         DataFormat::Csv => "CSV",
         DataFormat::Ndjson => "NDJSON",
     }
+}
+
+/// The first listed file that does not read as `format`, and why: for NDJSON its first line
+/// that is not a JSON object (1-based), for the others the reader's message.
+async fn bad_file(
+    store: &dyn datafusion::object_store::ObjectStore,
+    files: &[datafusion::object_store::ObjectMeta],
+    format: DataFormat,
+) -> Option<String> {
+    use datafusion::object_store::ObjectStoreExt;
+    for m in files {
+        let bytes = match store.get(&m.location).await {
+            Ok(r) => match r.bytes().await {
+                Ok(b) => b,
+                Err(e) => return Some(format!("`{}`: {e}", m.location)),
+            },
+            Err(e) => return Some(format!("`{}`: {e}", m.location)),
+        };
+        let problem = match format {
+            DataFormat::Ndjson => bytes
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+                .find_map(|(i, l)| {
+                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(l)
+                        .err()
+                        .map(|e| format!("line {}: not a JSON object: {e}", i + 1))
+                }),
+            DataFormat::Parquet => parquet::file::reader::SerializedFileReader::new(bytes.clone())
+                .err()
+                .map(|e| e.to_string()),
+            // DataFusion's CSV messages name the line; which file is found by elimination
+            // only for the formats above.
+            DataFormat::Csv => None,
+        };
+        if let Some(p) = problem {
+            return Some(format!("`{}` {p}", m.location));
+        }
+    }
+    None
 }
 
 /// The format from the extension of the last path segment (`events/*.parquet` too).
