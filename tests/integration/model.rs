@@ -86,11 +86,15 @@ fn cli(args: &[&str]) -> Cli {
 }
 
 fn run(job: &Path, state: &Path, extra: &[&str]) -> (Cli, serde_json::Value) {
+    run_as_of(job, state, AS_OF, extra)
+}
+
+fn run_as_of(job: &Path, state: &Path, as_of: &str, extra: &[&str]) -> (Cli, serde_json::Value) {
     let mut args = vec![
         "run",
         job.to_str().unwrap_or_default(),
         "--as-of",
-        AS_OF,
+        as_of,
         "--state",
         state.to_str().unwrap_or_default(),
         "--format",
@@ -701,22 +705,7 @@ fn an_older_run_does_not_roll_the_sinks_back() {
     assert_eq!(newer["publications"][0]["status"], "published", "{newer}");
     let current = dir.join("published/current.json");
     let pointer = std::fs::read(&current).unwrap_or_else(|e| panic!("{e}"));
-    let older = |extra: &[&str]| {
-        let mut args = vec![
-            "run",
-            job.to_str().unwrap_or_default(),
-            "--as-of",
-            "2026-05-20T00:00:00Z",
-            "--state",
-            state.to_str().unwrap_or_default(),
-            "--format",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        let c = cli(&args);
-        assert_eq!(c.code, 0, "{}\n{}", c.out, c.err);
-        serde_json::from_str::<serde_json::Value>(&c.out).unwrap_or_else(|e| panic!("{e}"))
-    };
+    let older = |extra: &[&str]| run_as_of(&job, &state, "2026-05-20T00:00:00Z", extra).1;
     let stale = older(&[]);
     let p = &stale["publications"][0];
     assert_eq!(p["status"], "stale", "{stale}");

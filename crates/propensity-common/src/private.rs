@@ -17,11 +17,26 @@ pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
 /// rename: a reader sees the old file or the new one, never half of one, and nobody but the
 /// owner ever sees either.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_through_temp(path, bytes, true)
+}
+
+/// [`write_atomic`] with the platform's default modes (files meant to be shared: a job file
+/// the demo writes).
+pub fn write_atomic_shared(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_through_temp(path, bytes, false)
+}
+
+/// The temporary file is named after the process, so two writers never share one.
+fn write_through_temp(path: &Path, bytes: &[u8], private: bool) -> std::io::Result<()> {
     use std::io::Write;
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        create_dir_all(dir)?;
+        if private {
+            create_dir_all(dir)?;
+        } else {
+            std::fs::create_dir_all(dir)?;
+        }
     }
     let tmp = path.with_extension(format!(
         "{}.tmp-{}",
@@ -31,7 +46,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut o = std::fs::OpenOptions::new();
     o.write(true).create(true).truncate(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    }
     let mut f = o.open(&tmp)?;
     f.write_all(bytes)?;
     drop(f);

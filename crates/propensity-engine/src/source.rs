@@ -201,35 +201,69 @@ async fn bad_file(
 ) -> Option<String> {
     use datafusion::object_store::ObjectStoreExt;
     for m in files {
-        let bytes = match store.get(&m.location).await {
-            Ok(r) => match r.bytes().await {
-                Ok(b) => b,
-                Err(e) => return Some(format!("`{}`: {e}", m.location)),
-            },
-            Err(e) => return Some(format!("`{}`: {e}", m.location)),
-        };
+        let fail = |e: &dyn std::fmt::Display| Some(format!("`{}`: {e}", m.location));
         let problem = match format {
-            DataFormat::Ndjson => bytes
-                .split(|b| *b == b'\n')
-                .enumerate()
-                .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
-                .find_map(|(i, l)| {
-                    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(l)
-                        .err()
-                        .map(|e| format!("line {}: not a JSON object: {e}", i + 1))
-                }),
-            DataFormat::Parquet => parquet::file::reader::SerializedFileReader::new(bytes.clone())
-                .err()
-                .map(|e| e.to_string()),
             // DataFusion's CSV messages name the line; which file is found by elimination
-            // only for the formats above.
-            DataFormat::Csv => None,
+            // only for the formats below.
+            DataFormat::Csv => return None,
+            DataFormat::Ndjson => {
+                let bytes = match store.get(&m.location).await {
+                    Ok(r) => match r.bytes().await {
+                        Ok(b) => b,
+                        Err(e) => return fail(&e),
+                    },
+                    Err(e) => return fail(&e),
+                };
+                bytes
+                    .split(|b| *b == b'\n')
+                    .enumerate()
+                    .filter(|(_, l)| !l.iter().all(u8::is_ascii_whitespace))
+                    .find_map(|(i, l)| {
+                        serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(l)
+                            .err()
+                            .map(|e| format!("line {}: not a JSON object: {e}", i + 1))
+                    })
+            }
+            // Only the footer and the metadata are read, not the whole file.
+            DataFormat::Parquet => parquet_footer(store, m).await.err(),
         };
         if let Some(p) = problem {
             return Some(format!("`{}` {p}", m.location));
         }
     }
     None
+}
+
+/// Reads and decodes a Parquet file's footer and metadata; `Err` says what is wrong.
+async fn parquet_footer(
+    store: &dyn datafusion::object_store::ObjectStore,
+    m: &datafusion::object_store::ObjectMeta,
+) -> Result<(), String> {
+    use datafusion::object_store::ObjectStoreExt;
+    use parquet::file::metadata::{FooterTail, ParquetMetaDataReader};
+    if m.size < 12 {
+        return Err(format!("is {} bytes, too short for a Parquet file", m.size));
+    }
+    let tail = store
+        .get_range(&m.location, m.size - 8..m.size)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tail: [u8; 8] = tail[..].try_into().map_err(|_| "short read".to_owned())?;
+    let footer = FooterTail::try_new(&tail).map_err(|e| e.to_string())?;
+    let len = footer.metadata_length() as u64;
+    if len + 8 > m.size {
+        return Err(format!(
+            "its footer claims {len} bytes of metadata in a {}-byte file",
+            m.size
+        ));
+    }
+    let meta = store
+        .get_range(&m.location, m.size - 8 - len..m.size - 8)
+        .await
+        .map_err(|e| e.to_string())?;
+    ParquetMetaDataReader::decode_metadata(&meta)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// The format from the extension of the last path segment (`events/*.parquet` too).

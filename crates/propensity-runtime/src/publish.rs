@@ -113,11 +113,12 @@ pub(crate) fn publish(
             "a run as of {newer} has already published: this run as of {} publishes to no sink",
             rfc3339(cx.as_of_us)
         ));
-        let records: Vec<PublicationRecord> = propensity_sinks::build_all(job, &sink_context(cx))
-            .into_iter()
-            .zip(&job.sinks)
-            .map(|((name, _), spec)| PublicationRecord {
-                sink: name,
+        // Nothing is sent, so no sink client is built (no connection, no `${VAR}` lookup).
+        let records: Vec<PublicationRecord> = job
+            .sinks
+            .iter()
+            .map(|spec| PublicationRecord {
+                sink: spec.name.clone(),
                 kind: spec.kind.type_name().to_owned(),
                 status: propensity_sinks::Status::Stale,
                 rows: 0,

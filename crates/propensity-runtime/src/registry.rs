@@ -68,22 +68,11 @@ pub struct PublishLock {
     _file: std::fs::File,
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same directory (named after the
-/// process, so two writers never share one) and a rename: a reader sees the old file or the
-/// new one, never half of one.
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename: a
+/// reader sees the old file or the new one, never half of one (default modes; the state
+/// directory uses [`write_atomic`]).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-    {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!(
-        "{}.tmp-{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path)
+    propensity_common::private::write_atomic_shared(path, bytes)
 }
 
 /// [`write_file_atomic`] for the state directory, owner-only (folders `0700`, files `0600`),
